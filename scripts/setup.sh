@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install everything cnnvit needs on a fresh Debian/Ubuntu machine with Python 3.11+:
+# Debian's Fashion-MNIST package (the embedded default dataset), uv, and the locked Python
+# environment in .venv. Safe to run again: each step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi; }
+
+if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then
+  echo "setup: installing Debian's dataset-fashion-mnist" >&2
+  { as_root apt-get update -qq && as_root apt-get install -y -qq dataset-fashion-mnist >/dev/null; } \
+    || echo "setup: could not install dataset-fashion-mnist; see README (Data) for other ways" >&2
+fi
+
+if ! command -v uv >/dev/null; then
+  export PATH="$HOME/.local/bin:$PATH"
+fi
+if ! command -v uv >/dev/null; then
+  echo "setup: installing uv" >&2
+  python3 -m pip install --quiet --user uv 2>/dev/null \
+    || python3 -m pip install --quiet --user --break-system-packages uv 2>/dev/null \
+    || python3 -m pip install --quiet uv
+  export PATH="$HOME/.local/bin:$PATH"
+fi
+
+uv sync --frozen --quiet
+echo "setup: environment ready in .venv" >&2

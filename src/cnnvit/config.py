@@ -1,0 +1,217 @@
+"""Typed configuration: one object per concern, loaded from YAML, overridden with ``--set``.
+
+A run is described by :class:`RunConfig` = data + model + optim + train + output. Every object
+forbids unknown keys, so a typo fails loudly with the key's dotted name and the closest valid
+key, instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+_M = TypeVar("_M", bound=BaseModel)
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key."""
+
+
+class _Strict(BaseModel):
+    # extra="forbid": unknown keys are errors; validate_assignment keeps overrides typed.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AugmentConfig(_Strict):
+    """Training-time augmentation, applied batched on the training device."""
+
+    crop_padding: int = Field(4, ge=0, description="random crop after zero padding; 0 = off")
+    hflip: bool = Field(True, description="random horizontal flip (p=0.5)")
+    rotation_degrees: float = Field(0.0, ge=0, le=180, description="random rotation ±degrees")
+
+
+class DataConfig(_Strict):
+    """Which images, which classes, how much of them, and at what size."""
+
+    spec: str = Field("fashion-mnist", description="NAME or NAME:PATH (see `cnnvit datasets`)")
+    root: Path | None = Field(None, description="data folder (default: $CNNVIT_DATA)")
+    download: bool = Field(True, description="allow downloading a public dataset")
+    classes: list[str] | None = Field(None, description="keep only these classes, by name")
+    train_fraction: float = Field(1.0, gt=0, le=1, description="stratified, nested")
+    val_fraction: float = Field(
+        0.1, gt=0, lt=1, description="held out of train where the dataset has no split"
+    )
+    split_seed: int = Field(0, description="seed for the validation split and fractions")
+    image_size: int | None = Field(None, gt=0, description="side in pixels; None = native")
+    channels: Literal[1, 3] = Field(3, description="3: grayscale is replicated to RGB")
+    normalize: Literal["dataset", "imagenet", "none"] = "dataset"
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    in_memory: Literal["auto", "always", "never"] = Field(
+        "auto", description="hold decoded images as one uint8 tensor on the device"
+    )
+    max_memory_mb: int = Field(4096, gt=0, description="'auto' keeps data in memory below this")
+    num_workers: int = Field(2, ge=0, description="DataLoader workers when streaming")
+
+
+class FreezeConfig(_Strict):
+    trainable_blocks: int | None = Field(
+        None, ge=0, description="train only the last k blocks and the head; None = all"
+    )
+
+
+class ModelConfig(_Strict):
+    name: str = Field("resnet_mini", description="a timm name or a cnnvit built-in")
+    pretrained: bool = False
+    weights: Path | None = Field(None, description="local weights file (.safetensors)")
+    freeze: FreezeConfig = Field(default_factory=FreezeConfig)
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra model arguments")
+
+
+class OptimConfig(_Strict):
+    name: Literal["sgd", "adam", "adamw"] = "adamw"
+    lr: float = Field(2e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(0.05, ge=0, description="not applied to norms and biases")
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_epochs: float = Field(0.5, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine floor as a fraction of lr")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    grad_clip: float | None = Field(None, gt=0, description="max gradient norm")
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(5, gt=0)
+    batch_size: int = Field(256, gt=0)
+    eval_batch_size: int = Field(512, gt=0)
+    seed: int = 0
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, mps")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on CUDA")
+    channels_last: Literal["auto", "on", "off"] = Field("auto", description="auto: on for CUDA")
+    compile: bool = False
+    threads: int | None = Field(None, gt=0, description="CPU threads for torch")
+    progress: bool = True
+
+
+class OutputConfig(_Strict):
+    dir: Path = Path("runs/default")
+    checkpoint: bool = Field(True, description="write a checkpoint after every epoch")
+
+
+class RunConfig(_Strict):
+    """Everything one training run needs."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _check_combination(self) -> RunConfig:
+        if self.model.pretrained and self.model.weights is not None:
+            raise ValueError("set either model.pretrained or model.weights, not both")
+        return self
+
+
+# --- loading and overriding -------------------------------------------------------------------
+
+
+def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        keys.append(dotted)
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            keys.extend(_valid_keys(sub, dotted + "."))
+    return keys
+
+
+def _explain(err: ValidationError, cls: type[BaseModel]) -> ConfigError:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            same_depth = [k for k in _valid_keys(cls) if k.count(".") == key.count(".")]
+            close = difflib.get_close_matches(key, same_depth, n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            lines.append(f"unknown config key '{key}'{hint}")
+        else:
+            got = e.get("input")
+            lines.append(f"config key '{key}': {e['msg']} (got {got!r})")
+    return ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+
+
+def validate_config(cls: type[_M], data: dict[str, Any]) -> _M:
+    """Build a config object, turning pydantic's errors into messages that name the key."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as err:
+        raise _explain(err, cls) from None
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file or a non-mapping is a ConfigError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config sections, not {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides; values are parsed as YAML (``3e-4``, ``[a, b]``)."""
+    out = _deep_copy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{item}' must look like section.key=value")
+        parts = key.strip().split(".")
+        node = out
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{item}': '{part}' is a value, not a section")
+            node = child
+        node[parts[-1]] = _parse_value(raw)
+    return out
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    # YAML reads '3e-4' as a string (it wants '3.0e-4'); numbers are what people mean.
+    if isinstance(value, str) and _NUMBER.fullmatch(value):
+        return float(value)
+    return value
+
+
+def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
+
+
+def load_run_config(path: Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """The defaults, updated by a YAML file, updated by ``--set`` overrides, validated."""
+    data = load_yaml(path) if path is not None else {}
+    return validate_config(RunConfig, apply_overrides(data, overrides or []))
+
+
+def dump_yaml(config: BaseModel, path: Path) -> None:
+    """Write the resolved config so that ``load_run_config(path)`` gives it back."""
+    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
