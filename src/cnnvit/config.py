@@ -15,7 +15,6 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-
 _M = TypeVar("_M", bound=BaseModel)
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
@@ -102,7 +101,7 @@ class TrainConfig(_Strict):
 
 
 class OutputConfig(_Strict):
-    dir: Path = Path("runs/default")
+    dir: Path | None = Field(None, description="run folder; None = runs/<model>-<data>-<time>")
     checkpoint: bool = Field(True, description="write a checkpoint after every epoch")
 
 
@@ -169,7 +168,9 @@ def load_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of config sections, not {type(data).__name__}")
+        raise ConfigError(
+            f"{path} must hold a mapping of config sections, not {type(data).__name__}"
+        )
     return data
 
 

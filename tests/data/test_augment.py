@@ -7,7 +7,9 @@ from cnnvit.data.augment import BatchTransform, random_crop, random_hflip, rando
 
 
 def _batch() -> torch.Tensor:
-    return torch.randint(0, 256, (8, 3, 12, 12), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    return torch.randint(
+        0, 256, (8, 3, 12, 12), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
+    )
 
 
 def test_eval_transform_normalises_exactly():
@@ -53,8 +55,13 @@ def test_zero_rotation_is_identity_and_rotation_keeps_centre():
 
 
 def test_training_transform_is_reproducible_from_the_generator():
-    t = BatchTransform(size=12, channels=3, mean=(0,) * 3, std=(1,) * 3,
-                       augment=AugmentConfig(crop_padding=2, hflip=True, rotation_degrees=10))
+    t = BatchTransform(
+        size=12,
+        channels=3,
+        mean=(0,) * 3,
+        std=(1,) * 3,
+        augment=AugmentConfig(crop_padding=2, hflip=True, rotation_degrees=10),
+    )
     a = t(_batch(), torch.Generator().manual_seed(5))
     b = t(_batch(), torch.Generator().manual_seed(5))
     c = t(_batch(), torch.Generator().manual_seed(6))

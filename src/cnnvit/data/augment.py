@@ -30,11 +30,15 @@ class BatchTransform:
     std: tuple[float, ...]
     augment: AugmentConfig | None = None  # None: evaluation (no randomness)
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(
+        self, images: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         x = images.float().div_(255)  # (B, C, H, W) in [0, 1]
         x = _match_channels(x, self.channels)
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+            x = F.interpolate(
+                x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False
+            )
         if self.augment is not None:
             if generator is None:
                 raise ValueError("training augmentation needs a torch.Generator")
@@ -67,7 +71,9 @@ def _match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     raise ValueError(f"cannot turn {x.shape[1]}-channel images into {channels} channels")
 
 
-def _uniform(n: int, low: float, high: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+def _uniform(
+    n: int, low: float, high: float, gen: torch.Generator, device: torch.device
+) -> torch.Tensor:
     return (torch.rand(n, generator=gen) * (high - low) + low).to(device)
 
 

@@ -34,11 +34,16 @@ def nested_fraction_indices(labels: np.ndarray, fraction: float, seed: int) -> n
     """
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    keep = [order[: max(1, math.ceil(fraction * len(order)))] for order in _class_orders(labels, seed).values()]
+    keep = [
+        order[: max(1, math.ceil(fraction * len(order)))]
+        for order in _class_orders(labels, seed).values()
+    ]
     return np.sort(np.concatenate(keep))
 
 
-def stratified_holdout(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_holdout(
+    labels: np.ndarray, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Split indices into (train, val), each class contributing ``val_fraction`` to val."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")

@@ -16,7 +16,7 @@ import numpy as np
 
 
 class DataError(ValueError):
-    """Bad data input: a wrong path, an empty folder, an unknown class. The message says how to fix it."""
+    """Bad data input (wrong path, empty folder, unknown class); the message says how to fix it."""
 
 
 @dataclass(frozen=True)

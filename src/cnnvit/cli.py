@@ -1,0 +1,192 @@
+"""The ``cnnvit`` command: parse arguments, call one library function per verb, report errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from cnnvit.config import ConfigError, load_run_config
+
+# Flags that are shortcuts for config keys; everything else goes through --set.
+SHORTCUTS = {
+    "data": "data.spec",
+    "model": "model.name",
+    "out": "output.dir",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "lr": "optim.lr",
+    "seed": "train.seed",
+    "device": "train.device",
+}
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config", type=Path, help="YAML file with data/model/optim/train/output sections"
+    )
+    p.add_argument("--data", help="NAME or NAME:PATH, e.g. fashion-mnist, folder:/photos")
+    p.add_argument("--model", help="a cnnvit built-in or any timm model name")
+    p.add_argument("--out", help="run folder")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set optim.lr=3e-4 (repeatable)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    out = [
+        f"{key}={getattr(args, flag)}"
+        for flag, key in SHORTCUTS.items()
+        if getattr(args, flag, None) is not None
+    ]
+    if args.no_progress:
+        out.append("train.progress=false")
+    return out + list(args.overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cnnvit.train.run import resume, train
+
+    if args.resume is not None:
+        results = resume(args.resume)
+    else:
+        results = train(load_run_config(args.config, _overrides(args)))
+    _print_results(results)
+    return 0 if results["status"] == "completed" else 1
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from cnnvit.evaluate.run import evaluate_config, evaluate_run
+    from cnnvit.models.registry import load_weights_file
+    from cnnvit.train.run import default_run_dir
+
+    if args.run_dir is not None:
+        metrics = evaluate_run(args.run_dir)
+        out = args.run_dir
+    else:
+        if not (args.model and args.weights):
+            raise ConfigError(
+                "give a run folder (cnnvit evaluate DIR) or --model, --weights and --data"
+            )
+        cfg = load_run_config(args.config, _overrides(args))
+        out = cfg.output.dir or default_run_dir(cfg)
+        metrics = evaluate_config(cfg, load_weights_file(args.weights), out)
+    summary = {k: metrics[k] for k in ("num_images", "top1", "top5")}
+    summary["macro_f1"] = metrics["macro"]["f1"]
+    print(json.dumps(summary, indent=2))
+    print(
+        f"wrote {Path(out) / 'metrics.json'} and {Path(out) / 'predictions.parquet'}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    import timm
+
+    from cnnvit.models.registry import list_builtin_models
+
+    names = list_builtin_models() if not args.all else timm.list_models(args.filter or "*")
+    print("\n".join(names))
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from cnnvit.data.readers import KNOWN_DATASETS
+
+    print("\n".join(KNOWN_DATASETS))
+    return 0
+
+
+def _print_results(results: dict) -> None:
+    from cnnvit.ui import console
+
+    keys = [
+        "status",
+        "model",
+        "data",
+        "epochs_completed",
+        "best_val_acc",
+        "final_top1",
+        "final_top5",
+        "macro_f1",
+        "mean_epoch_seconds",
+        "peak_memory_mb",
+        "params_total",
+        "skipped_files",
+        "error",
+    ]
+    for key in keys:
+        if key in results:
+            value = results[key]
+            console.print(
+                f"{key:>20}: {value:.4f}" if isinstance(value, float) else f"{key:>20}: {value}"
+            )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cnnvit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one model on one dataset into a run folder")
+    _add_run_options(p)
+    p.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics.json + predictions.parquet for a run or weights")
+    p.add_argument("run_dir", nargs="?", type=Path, help="a run folder written by `cnnvit train`")
+    _add_run_options(p)
+    p.add_argument(
+        "--weights", type=Path, help="weights file (.safetensors) with --model and --data"
+    )
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("models", help="list the built-in models (--all: every timm model)")
+    p.add_argument("--all", action="store_true")
+    p.add_argument("--filter", help="wildcard for --all, e.g. 'vit_*'")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("datasets", help="list the dataset names --data accepts")
+    p.set_defaults(func=cmd_datasets)
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from cnnvit.data.types import DataError
+    from cnnvit.models.registry import ModelError
+    from cnnvit.train.run import RunFolderError
+
+    return (ConfigError, DataError, ModelError, RunFolderError, FileNotFoundError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except _user_errors() as err:
+        print(f"cnnvit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "interrupted; the last complete epoch is checkpointed (resume with --resume DIR)",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""DataConfig -> ready loaders and transforms: read, subset, split, fraction, place, batch."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from cnnvit.config import DataConfig
+from cnnvit.data.augment import BatchTransform
+from cnnvit.data.decode import materialize
+from cnnvit.data.loaders import InMemoryLoader, Loader, StreamingLoader
+from cnnvit.data.readers import read_dataset
+from cnnvit.data.splits import ensure_validation, nested_fraction_indices, select_classes
+from cnnvit.data.types import ArraySource, DatasetSplits, FileSource, SkippedFile, Source
+
+log = logging.getLogger(__name__)
+
+# Files of any size are resized to this side when the config names none (timm's usual input).
+DEFAULT_FILE_IMAGE_SIZE = 224
+
+
+@dataclass
+class PreparedData:
+    """Everything the training loop needs from the data side."""
+
+    name: str
+    classes: list[str]
+    image_size: int
+    channels: int
+    train: Loader
+    val: Loader
+    train_transform: BatchTransform
+    eval_transform: BatchTransform
+    in_memory: bool
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def all_skipped(self) -> list[SkippedFile]:
+        """Files skipped at read time plus those the streaming loaders met so far."""
+        found = {s.path: s for s in self.skipped}
+        for loader in (self.train, self.val):
+            if isinstance(loader, StreamingLoader):
+                found.update(loader.skipped)
+        return sorted(found.values(), key=lambda s: s.path)
+
+
+def load_splits(cfg: DataConfig) -> DatasetSplits:
+    """Read the dataset, keep the configured classes, make sure it has a validation split."""
+    splits = read_dataset(cfg.spec, root=cfg.root, download=cfg.download)
+    if cfg.classes:
+        splits = select_classes(splits, cfg.classes)
+    splits = ensure_validation(splits, cfg.val_fraction, cfg.split_seed)
+    if cfg.train_fraction < 1:
+        idx = nested_fraction_indices(splits.train.labels, cfg.train_fraction, cfg.split_seed)
+        splits.train = splits.train.subset(idx)
+    return splits
+
+
+def _image_size(cfg: DataConfig, source: Source) -> int:
+    if cfg.image_size is not None:
+        return cfg.image_size
+    if isinstance(source, ArraySource):
+        return int(source.images.shape[1])
+    return DEFAULT_FILE_IMAGE_SIZE
+
+
+def _fits_in_memory(cfg: DataConfig, splits: DatasetSplits, size: int) -> bool:
+    if cfg.in_memory != "auto":
+        return cfg.in_memory == "always"
+    n = len(splits.train) + len(splits.val or [])
+    channels = 3 if isinstance(splits.train, FileSource) else splits.train.images.shape[-1]
+    return n * size * size * channels <= cfg.max_memory_mb * 2**20
+
+
+def normalization(
+    cfg: DataConfig, splits: DatasetSplits, channels: int
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if cfg.normalize == "none":
+        return (0.0,) * channels, (1.0,) * channels
+    if cfg.normalize == "imagenet" or splits.mean is None or splits.std is None:
+        if cfg.normalize == "dataset" and isinstance(splits.train, ArraySource):
+            mean, std = _measurenormalization(splits.train.images)
+        else:
+            mean, std = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    else:
+        mean, std = splits.mean, splits.std
+    if len(mean) == 1 and channels == 3:
+        mean, std = mean * 3, std * 3
+    if len(mean) == 3 and channels == 1:
+        mean, std = (float(np.mean(mean)),), (float(np.mean(std)),)
+    return tuple(mean), tuple(std)
+
+
+def _measurenormalization(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    sample = images[:: max(1, len(images) // 5000)].astype(np.float64) / 255  # (n, H, W, C)
+    return tuple(sample.mean((0, 1, 2)).tolist()), tuple(sample.std((0, 1, 2)).tolist())
+
+
+def prepare_data(
+    cfg: DataConfig,
+    *,
+    device: torch.device,
+    batch_size: int,
+    eval_batch_size: int,
+    generator: torch.Generator,
+    progress: bool = True,
+) -> PreparedData:
+    """Build train/val loaders and their transforms from a DataConfig."""
+    splits = load_splits(cfg)
+    size = _image_size(cfg, splits.train)
+    in_memory = _fits_in_memory(cfg, splits, size)
+    skipped = list(splits.skipped)
+    train_src, val_src = splits.train, splits.val
+    assert val_src is not None
+    if in_memory:
+        train_src, bad_train = _to_array(train_src, size, progress)
+        val_src, bad_val = _to_array(val_src, size, progress)
+        skipped += bad_train + bad_val
+
+    def loader(src: Source, shuffle: bool, bs: int) -> Loader:
+        gen = generator if shuffle else None
+        if isinstance(src, ArraySource):
+            return InMemoryLoader(src, device=device, batch_size=bs, shuffle=shuffle, generator=gen)
+        return StreamingLoader(
+            src,
+            size=size,
+            device=device,
+            batch_size=bs,
+            shuffle=shuffle,
+            num_workers=cfg.num_workers,
+            generator=gen,
+        )
+
+    mean, std = normalization(cfg, splits, cfg.channels)
+    common = dict(size=size, channels=cfg.channels, mean=mean, std=std)
+    return PreparedData(
+        name=splits.name,
+        classes=splits.classes,
+        image_size=size,
+        channels=cfg.channels,
+        train=loader(train_src, True, batch_size),
+        val=loader(val_src, False, eval_batch_size),
+        train_transform=BatchTransform(**common, augment=cfg.augment),
+        eval_transform=BatchTransform(**common),
+        in_memory=in_memory,
+        skipped=skipped,
+    )
+
+
+def _to_array(src: Source, size: int, progress: bool) -> tuple[ArraySource, list[SkippedFile]]:
+    if isinstance(src, ArraySource):
+        return src, []
+    return materialize(src, size, progress=progress)

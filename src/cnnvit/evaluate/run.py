@@ -1,0 +1,74 @@
+"""Evaluate a model on a validation split and write ``metrics.json`` and ``predictions.parquet``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from cnnvit.config import RunConfig, load_run_config
+from cnnvit.data.pipeline import prepare_data
+from cnnvit.evaluate.metrics import classification_metrics, predictions_frame
+from cnnvit.models.build import build_model
+from cnnvit.train.checkpoint import load_checkpoint
+from cnnvit.train.loop import predict_logits
+from cnnvit.train.runtime import resolve_runtime
+from cnnvit.ui import progress_bar
+
+METRICS = "metrics.json"
+PREDICTIONS = "predictions.parquet"
+
+
+def write_evaluation(
+    out_dir: Path, logits: torch.Tensor, labels: torch.Tensor, classes: list[str]
+) -> dict:
+    """Logits (N, C) and labels (N,) -> ``out_dir``/metrics.json and predictions.parquet."""
+    probs = torch.softmax(logits.float(), dim=1).numpy()  # (N, C)
+    y = labels.numpy()
+    metrics = classification_metrics(y, probs, classes)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / METRICS).write_text(json.dumps(metrics, indent=2))
+    predictions_frame(y, probs).to_parquet(out_dir / PREDICTIONS, index=False)
+    return metrics
+
+
+def evaluate_config(cfg: RunConfig, weights: dict[str, torch.Tensor] | None, out_dir: Path) -> dict:
+    """Build the model and validation data that ``cfg`` describes, load ``weights``, evaluate."""
+    runtime = resolve_runtime(cfg.train)
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    data = prepare_data(
+        cfg.data,
+        device=runtime.device,
+        batch_size=cfg.train.batch_size,
+        eval_batch_size=cfg.train.eval_batch_size,
+        generator=gen,
+        progress=cfg.train.progress,
+    )
+    model = build_model(
+        cfg.model,
+        num_classes=data.num_classes,
+        in_chans=data.channels,
+        img_size=data.image_size,
+        device=runtime.device,
+        channels_last=runtime.channels_last,
+    )
+    if weights is not None:
+        model.load_state_dict(weights)
+    with progress_bar(cfg.train.progress) as progress:
+        logits, labels = predict_logits(
+            model, data.val, data.eval_transform, runtime=runtime, progress=progress
+        )
+    return write_evaluation(out_dir, logits, labels, data.classes)
+
+
+def evaluate_run(run_dir: Path) -> dict:
+    """Re-evaluate a finished (or interrupted) run from its folder: config + latest checkpoint."""
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir / "config.yaml")
+    ckpt = load_checkpoint(run_dir)
+    if ckpt is None:
+        raise FileNotFoundError(
+            f"{run_dir} has no checkpoint to evaluate (looked in {run_dir}/checkpoints)"
+        )
+    return evaluate_config(cfg, ckpt.weights, run_dir)

@@ -1,0 +1,344 @@
+"""``cnnvit train``: one model, one dataset, one run folder.
+
+The run folder is the interface to every later stage::
+
+    config.yaml         the resolved RunConfig (re-loadable)
+    environment.json    versions, device, dtype, git revision, seed
+    epochs.csv          one row per finished epoch
+    checkpoints/        the last complete epoch (see cnnvit.train.checkpoint)
+    results.json        status (running/completed/diverged/failed) and summary figures
+    skipped.csv         image files that could not be decoded, with the reason
+    metrics.json        final evaluation (see cnnvit.evaluate)
+    predictions.parquet one row per validation image
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cnnvit.config import RunConfig, dump_yaml, load_run_config
+from cnnvit.data.pipeline import PreparedData, prepare_data
+from cnnvit.evaluate.run import write_evaluation
+from cnnvit.models.build import build_model
+from cnnvit.models.surgery import count_parameters
+from cnnvit.profile.memory import PeakMemory
+from cnnvit.train.checkpoint import load_checkpoint, save_checkpoint
+from cnnvit.train.loop import DivergedError, make_loss, predict_logits, train_one_epoch
+from cnnvit.train.optim import build_optimizer, build_scheduler, current_lr
+from cnnvit.train.runtime import Runtime, capture_environment, resolve_runtime
+from cnnvit.ui import console, progress_bar
+
+EPOCH_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "lr",
+    "epoch_seconds",
+    "images_per_second",
+    "peak_memory_mb",
+]
+
+
+class RunFolderError(ValueError):
+    """The output folder holds another run, or a run to resume is not there."""
+
+
+@dataclass
+class Session:
+    """The live objects of one run."""
+
+    cfg: RunConfig
+    run_dir: Path
+    runtime: Runtime
+    data: PreparedData
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    generator: torch.Generator
+    start_epoch: int = 1
+    history: list[dict] = field(default_factory=list)
+
+
+# --- public entry points ------------------------------------------------------------------
+
+
+def train(cfg: RunConfig) -> dict:
+    """Train a new run into ``cfg.output.dir``; returns the content of results.json."""
+    if cfg.output.dir is None:
+        cfg = cfg.model_copy(deep=True)
+        cfg.output.dir = default_run_dir(cfg)
+    run_dir = Path(cfg.output.dir)
+    if (run_dir / "epochs.csv").exists() or (run_dir / "checkpoints").exists():
+        raise RunFolderError(
+            f"{run_dir} already holds a run; continue it with `cnnvit train --resume {run_dir}` "
+            "or choose another --out"
+        )
+    return _run(cfg, run_dir, resume=False)
+
+
+def resume(run_dir: Path) -> dict:
+    """Continue an interrupted run from its last complete epoch, with its saved config."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise RunFolderError(f"{run_dir} is not a run folder (no config.yaml)")
+    cfg = load_run_config(run_dir / "config.yaml")
+    return _run(cfg, run_dir, resume=True)
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    """runs/<model>-<dataset>-<YYYYmmdd-HHMMSS>, so that runs never collide by default."""
+    dataset = cfg.data.spec.split(":", 1)[0]
+    return Path("runs") / f"{cfg.model.name}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+def _run(cfg: RunConfig, run_dir: Path, *, resume: bool) -> dict:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    console.print(f"run folder: {run_dir}")
+    session = _open_session(cfg, run_dir, resume=resume)
+    results = _base_results(session)
+    try:
+        _train_epochs(session, results)
+    except DivergedError as err:
+        results.update(status="diverged", error=str(err))
+        console.print(f"[red]diverged:[/] {err}; the last good checkpoint is kept in {run_dir}")
+        return _finish(session, results)
+    except BaseException as err:
+        results.update(status="failed", error=f"{type(err).__name__}: {err}")
+        _finish(session, results)
+        raise
+    metrics = _final_evaluation(session)
+    results.update(
+        status="completed",
+        final_top1=metrics["top1"],
+        final_top5=metrics["top5"],
+        macro_f1=metrics["macro"]["f1"],
+    )
+    return _finish(session, results)
+
+
+def _open_session(cfg: RunConfig, run_dir: Path, *, resume: bool) -> Session:
+    runtime = resolve_runtime(cfg.train)
+    torch.manual_seed(cfg.train.seed)
+    generator = torch.Generator().manual_seed(cfg.train.seed)  # data order and augmentation
+    data = prepare_data(
+        cfg.data,
+        device=runtime.device,
+        batch_size=cfg.train.batch_size,
+        eval_batch_size=cfg.train.eval_batch_size,
+        generator=generator,
+        progress=cfg.train.progress,
+    )
+    model = build_model(
+        cfg.model,
+        num_classes=data.num_classes,
+        in_chans=data.channels,
+        img_size=data.image_size,
+        device=runtime.device,
+        channels_last=runtime.channels_last,
+    )
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(
+        optimizer, cfg.optim, steps_per_epoch=len(data.train), epochs=cfg.train.epochs
+    )
+    session = Session(cfg, run_dir, runtime, data, model, optimizer, scheduler, generator)
+    if resume:
+        _restore(session)
+    else:
+        dump_yaml(cfg, run_dir / "config.yaml")
+        env = capture_environment(runtime, cfg.train.seed).to_dict()
+        (run_dir / "environment.json").write_text(json.dumps(env, indent=2))
+    if cfg.train.compile:
+        session.model = torch.compile(model)
+    return session
+
+
+def _restore(session: Session) -> None:
+    ckpt = load_checkpoint(session.run_dir)
+    rows = _read_epochs(session.run_dir)
+    if ckpt is None:
+        console.print(f"no checkpoint in {session.run_dir}: starting from epoch 1")
+        _write_epochs(session.run_dir, [])
+        return
+    session.model.load_state_dict(ckpt.weights)
+    session.optimizer.load_state_dict(ckpt.state["optimizer"])
+    session.scheduler.load_state_dict(ckpt.state["scheduler"])
+    session.generator.set_state(ckpt.state["generator"])
+    torch.set_rng_state(ckpt.state["torch_rng"])
+    if "cuda_rng" in ckpt.state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt.state["cuda_rng"])
+    # Rows written after the checkpoint (a crash between the two) are dropped and re-run.
+    session.history = [r for r in rows if int(r["epoch"]) <= ckpt.epoch]
+    _write_epochs(session.run_dir, session.history)
+    session.start_epoch = ckpt.epoch + 1
+    console.print(f"resuming {session.run_dir} after epoch {ckpt.epoch}")
+
+
+def _train_epochs(s: Session, results: dict) -> None:
+    cfg = s.cfg
+    loss_fn, val_loss_fn = make_loss(cfg.optim.label_smoothing), make_loss(0.0)
+    peak = PeakMemory(s.runtime.device)
+    steps = len(s.data.train)
+    _write_results(s.run_dir, results)
+    for epoch in range(s.start_epoch, cfg.train.epochs + 1):
+        peak.reset()
+        with progress_bar(cfg.train.progress) as progress:
+            if progress is not None:
+                progress.console.print(f"epoch {epoch}/{cfg.train.epochs}")
+            stats = train_one_epoch(
+                s.model,
+                s.data.train,
+                s.data.train_transform,
+                s.optimizer,
+                s.scheduler,
+                loss_fn=loss_fn,
+                runtime=s.runtime,
+                generator=s.generator,
+                first_step=(epoch - 1) * steps,
+                grad_clip=cfg.optim.grad_clip,
+                progress=progress,
+            )
+            logits, labels = predict_logits(
+                s.model, s.data.val, s.data.eval_transform, runtime=s.runtime, progress=progress
+            )
+        row = {
+            "epoch": epoch,
+            "train_loss": stats.loss,
+            "train_acc": stats.accuracy,
+            "val_loss": val_loss_fn(logits, labels).item(),
+            "val_acc": (logits.argmax(1) == labels).float().mean().item(),
+            "lr": current_lr(s.optimizer),
+            "epoch_seconds": stats.seconds,
+            "images_per_second": stats.images_per_second,
+            "peak_memory_mb": peak.peak_mb(),
+        }
+        s.history.append(row)
+        _write_epochs(s.run_dir, s.history)
+        if cfg.output.checkpoint:
+            save_checkpoint(s.run_dir, epoch, s.model, _training_state(s, epoch))
+        _print_epoch(row, cfg.train.epochs)
+        results.update(_summary(s))
+        _write_results(s.run_dir, results)
+
+
+def _training_state(s: Session, epoch: int) -> dict:
+    state = {
+        "epoch": epoch,
+        "optimizer": s.optimizer.state_dict(),
+        "scheduler": s.scheduler.state_dict(),
+        "generator": s.generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    if s.runtime.device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _final_evaluation(s: Session) -> dict:
+    with progress_bar(s.cfg.train.progress) as progress:
+        logits, labels = predict_logits(
+            s.model, s.data.val, s.data.eval_transform, runtime=s.runtime, progress=progress
+        )
+    return write_evaluation(s.run_dir, logits, labels, s.data.classes)
+
+
+# --- results and logs ---------------------------------------------------------------------------
+
+
+def _base_results(s: Session) -> dict:
+    total, trainable = count_parameters(s.model)
+    return {
+        "status": "running",
+        "model": s.cfg.model.name,
+        "data": s.cfg.data.spec,
+        "train_fraction": s.cfg.data.train_fraction,
+        "seed": s.cfg.train.seed,
+        "num_classes": s.data.num_classes,
+        "num_train_images": s.data.train.num_images,
+        "num_val_images": s.data.val.num_images,
+        "image_size": s.data.image_size,
+        "in_memory": s.data.in_memory,
+        "params_total": total,
+        "params_trainable": trainable,
+        "epochs_planned": s.cfg.train.epochs,
+        **_summary(s),
+    }
+
+
+def _summary(s: Session) -> dict:
+    h = s.history
+    skipped = s.data.all_skipped()
+    _write_skipped(s.run_dir, skipped)
+    if not h:
+        return {"epochs_completed": 0, "skipped_files": len(skipped)}
+    best = max(h, key=lambda r: float(r["val_acc"]))
+    seconds = [float(r["epoch_seconds"]) for r in h]
+    return {
+        "epochs_completed": int(h[-1]["epoch"]),
+        "best_val_acc": float(best["val_acc"]),
+        "best_epoch": int(best["epoch"]),
+        "final_val_acc": float(h[-1]["val_acc"]),
+        "mean_epoch_seconds": sum(seconds) / len(seconds),
+        "train_seconds": sum(seconds),
+        "peak_memory_mb": max(float(r["peak_memory_mb"]) for r in h),
+        "skipped_files": len(skipped),
+    }
+
+
+def _finish(s: Session, results: dict) -> dict:
+    results.update(finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    _write_results(s.run_dir, results)
+    return results
+
+
+def _write_results(run_dir: Path, results: dict) -> None:
+    tmp = run_dir / ".results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2))
+    tmp.replace(run_dir / "results.json")
+
+
+def _write_epochs(run_dir: Path, rows: list[dict]) -> None:
+    tmp = run_dir / ".epochs.csv.tmp"
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=EPOCH_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(run_dir / "epochs.csv")
+
+
+def _read_epochs(run_dir: Path) -> list[dict]:
+    path = run_dir / "epochs.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write_skipped(run_dir: Path, skipped: list) -> None:
+    if not skipped:
+        return
+    with (run_dir / "skipped.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "reason"])
+        writer.writerows((s.path, s.reason) for s in skipped)
+
+
+def _print_epoch(row: dict, epochs: int) -> None:
+    console.print(
+        f"epoch {row['epoch']}/{epochs}"
+        f"  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}"
+        f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  lr {row['lr']:.2e}"
+        f"  {row['epoch_seconds']:.1f}s  {row['images_per_second']:,.0f} img/s"
+        f"  peak {row['peak_memory_mb']:,.0f} MB"
+    )
