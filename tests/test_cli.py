@@ -1,0 +1,70 @@
+"""The command line: exit codes and messages for bad input, and the evaluate paths."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cnnvit.cli import main
+
+FAST = [
+    "--data",
+    "synthetic:train_size=256,val_size=128,image_size=16",
+    "--model",
+    "resnet_mini",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "64",
+    "--no-progress",
+]
+
+
+def test_unknown_config_key_exits_2_naming_it(capsys):
+    assert main(["train", "--set", "optim.lrr=1e-3"]) == 2
+    assert "unknown config key 'optim.lrr'; did you mean optim.lr" in capsys.readouterr().err
+
+
+def test_unknown_model_suggests_close_names(capsys, tmp_path: Path):
+    assert main(["train", *FAST, "--model", "resnet_mni", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "resnet_mni" in err and "resnet_mini" in err
+
+
+def test_missing_data_path_is_named(capsys, tmp_path: Path):
+    missing = tmp_path / "nowhere"
+    assert main(["train", "--data", f"folder:{missing}", "--out", str(tmp_path / "r")]) == 2
+    assert str(missing) in capsys.readouterr().err
+
+
+def test_train_then_evaluate_dir_and_weights(tmp_path: Path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *FAST, "--out", str(run)]) == 0
+    trained = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").unlink()
+
+    assert main(["evaluate", str(run), "--no-progress"]) == 0
+    again = json.loads((run / "metrics.json").read_text())
+    assert again["top1"] == trained["top1"]
+    assert again["confusion_matrix"] == trained["confusion_matrix"]
+
+    weights = next((run / "checkpoints").glob("epoch-*/model.safetensors"))
+    out = tmp_path / "eval"
+    capsys.readouterr()
+    args = ["evaluate", *FAST[:4], "--weights", str(weights), "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (
+        printed["top1"] == trained["top1"] == json.loads((out / "metrics.json").read_text())["top1"]
+    )
+    assert printed["num_images"] == 128
+
+
+def test_evaluate_without_a_run_or_weights_explains(capsys):
+    assert main(["evaluate", "--model", "resnet_mini"]) == 2
+    assert "--weights" in capsys.readouterr().err
+
+
+def test_resume_of_a_non_run_folder_is_refused(tmp_path: Path, capsys):
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "not a run folder" in capsys.readouterr().err
