@@ -6,7 +6,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["CNNVIT_OFFLINE"] = "1"
 
-import pytest  # noqa: E402
+import pytest
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 

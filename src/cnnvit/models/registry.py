@@ -1,0 +1,373 @@
+"""One registry for every model: every timm model by name, plus the cnnvit built-ins.
+
+The built-ins register themselves with timm's ``@register_model`` (importing this module imports
+them), so ``create_model`` is a thin, checked front door to ``timm.create_model``:
+
+* unknown names fail with the closest registered names (:class:`UnknownModelError`);
+* ``img_size`` reaches only models that take it (timm's ``fixed_input_size`` models: ViTs);
+* ``weights=FILE`` loads a local file through timm's own pretrained path
+  (``pretrained_cfg_overlay=dict(file=...)``), so timm adapts the classifier to ``num_classes``,
+  the first conv to ``in_chans`` and a ViT's position embedding to ``img_size``;
+* ``pretrained=True`` never hangs without network: huggingface_hub retries an unreachable hub for
+  about 45 s, so the hub is probed first (offline mode or no answer in a few seconds means no
+  download), weights already in the local cache are used, and otherwise :class:`ModelError` says
+  how to pass a local file.
+
+Weight files are safetensors (preferred) or torch files read with ``weights_only=True``: a file
+that needs arbitrary pickled objects is refused, never unpickled.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import socket
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+import timm
+import torch
+import torch.nn as nn
+from timm.models import get_pretrained_cfg, is_model, split_model_name_tag
+
+from cnnvit.models import resnet_cifar, vit_small
+
+__all__ = [
+    "ModelError",
+    "UnknownModelError",
+    "create_model",
+    "list_builtin_models",
+    "load_weights_file",
+    "model_family",
+]
+
+Family = Literal["cnn", "vit", "hybrid"]
+
+# Family modules whose @register_model functions are cnnvit built-ins (timm keys them by the
+# module's last name component).
+_BUILTIN_MODULES = tuple(m.__name__.rsplit(".", 1)[-1] for m in (resnet_cifar, vit_small))
+_HUB_PROBE_TIMEOUT_S = 3.0
+_WEIGHTS_HINT = "pass a local file instead (config: `model.weights: path/to/model.safetensors`)"
+
+
+class ModelError(ValueError):
+    """A model cannot be created or loaded as asked; the message says what to do instead."""
+
+
+class UnknownModelError(ModelError):
+    """No timm model or cnnvit built-in has this name."""
+
+
+def list_builtin_models() -> list[str]:
+    """Names of the cnnvit built-in models (all registered with timm), sorted."""
+    return sorted(timm.list_models(module=list(_BUILTIN_MODULES)))
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int,
+    in_chans: int = 3,
+    img_size: int | None = None,
+    pretrained: bool = False,
+    weights: str | Path | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Create the timm model or built-in ``name`` with a ``num_classes`` head.
+
+    Args:
+        name: a timm model name (optionally with a pretrained tag, ``resnet50.a1_in1k``) or a
+            built-in (:func:`list_builtin_models`).
+        num_classes: classifier outputs.
+        in_chans: input channels (1 for Fashion-MNIST); timm adapts pretrained first convs.
+        img_size: input side in pixels; passed only to models that take it (ViT-like), ignored
+            by the others, which accept any size.
+        pretrained: load the published weights (hub or local cache); fails fast offline.
+        weights: a local weights file (``.safetensors`` preferred, or a torch file readable with
+            ``weights_only=True``); takes precedence over ``pretrained``.
+        **kwargs: passed to the model constructor (``drop_path_rate=0.1``...).
+
+    Raises:
+        UnknownModelError: ``name`` is not registered.
+        ModelError: the weights cannot be fetched, found or read.
+    """
+    _check_name(name)
+    model_kwargs: dict[str, Any] = dict(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    if img_size is not None and _takes_img_size(name):
+        model_kwargs["img_size"] = img_size
+    if weights is not None:
+        return _create_from_file(name, Path(weights), model_kwargs)
+    if pretrained:
+        return _create_pretrained(name, model_kwargs)
+    return timm.create_model(name, pretrained=False, **model_kwargs)
+
+
+def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from a safetensors or torch file (``weights_only=True``, on CPU).
+
+    Training checkpoints that wrap the weights (``{"state_dict": ...}``, ``{"model": ...}``, EMA)
+    are unwrapped and DDP / torch.compile prefixes removed, as timm does.
+
+    Raises:
+        ModelError: the file is missing, unreadable, or needs unsafe unpickling.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"weights file not found: {path}")
+    try:
+        state_dict = timm.models.load_state_dict(str(path), weights_only=True)
+    except Exception as exc:  # torch/safetensors raise many types for a bad file
+        raise ModelError(
+            f"cannot read weights file {path}: {exc}. Use a .safetensors file, or a torch file of "
+            "tensors only (it is loaded with weights_only=True; arbitrary pickles are refused)"
+        ) from exc
+    if not isinstance(state_dict, dict) or not all(
+        isinstance(v, torch.Tensor) for v in state_dict.values()
+    ):
+        raise ModelError(f"weights file {path} does not hold a state dict of tensors")
+    return state_dict
+
+
+def model_family(model_or_name: nn.Module | str) -> Family:
+    """``'vit'``, ``'hybrid'`` or ``'cnn'`` for a model or a registered model name.
+
+    A model with transformer blocks (modules with ``attn`` and ``mlp`` children, timm's naming,
+    or ``patch_embed`` + ``blocks``) is a ViT when its only convolutions are patchify convs
+    (kernel == stride), and a hybrid when it has other convolutions too (a conv stem or conv
+    stages); a model without transformer blocks is a CNN. A model may declare its family in a
+    ``cnnvit_family`` attribute, which wins.
+    """
+    model = _model_skeleton(model_or_name) if isinstance(model_or_name, str) else model_or_name
+    declared = getattr(model, "cnnvit_family", None)
+    if declared in ("cnn", "vit", "hybrid"):
+        return declared
+    modules = list(model.modules())
+    # patch_embed + blocks: ViTs whose blocks name their attention differently (TNT)
+    has_attention = (hasattr(model, "patch_embed") and hasattr(model, "blocks")) or any(
+        hasattr(m, "attn") and hasattr(m, "mlp") for m in modules
+    )
+    if not has_attention:
+        return "cnn"
+    has_other_convs = any(isinstance(m, nn.Conv2d) and not _is_patchify(m) for m in modules)
+    return "hybrid" if has_other_convs else "vit"
+
+
+# --- names --------------------------------------------------------------------------------
+
+
+def _check_name(name: str) -> None:
+    arch, tag = split_model_name_tag(name)
+    if is_model(name):
+        if tag:
+            _check_tag(name, arch)
+        return
+    candidates = sorted(set(timm.list_models()) | set(list_builtin_models()))
+    close = difflib.get_close_matches(arch, candidates, n=5, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise UnknownModelError(
+        f"unknown model {name!r}{hint} (built-ins: {', '.join(list_builtin_models())}; "
+        "every timm model: `cnnvit models --all`)"
+    )
+
+
+def _check_tag(name: str, arch: str) -> None:
+    try:
+        get_pretrained_cfg(name)
+    except RuntimeError as exc:  # timm: "Invalid pretrained tag"
+        tags = timm.list_pretrained(f"{arch}.*")
+        raise UnknownModelError(
+            f"unknown pretrained tag in {name!r}; {arch} has: {', '.join(tags)}"
+        ) from exc
+
+
+def _takes_img_size(name: str) -> bool:
+    # timm's own convention: a fixed_input_size model takes img_size (its pos-embed depends on it).
+    cfg = get_pretrained_cfg(name)
+    return bool(cfg is not None and cfg.fixed_input_size)
+
+
+def _model_skeleton(name: str) -> nn.Module:
+    """The architecture of ``name`` without allocating or initialising weights."""
+    _check_name(name)
+    with torch.device("meta"):
+        return timm.create_model(name, pretrained=False)
+
+
+def _is_patchify(conv: nn.Conv2d) -> bool:
+    return conv.kernel_size == conv.stride
+
+
+# --- local weights ------------------------------------------------------------------------
+
+
+def _create_from_file(name: str, path: Path, model_kwargs: dict[str, Any]) -> nn.Module:
+    """Build ``name`` with the weights in ``path`` through timm's pretrained-loading path."""
+    state_dict = load_weights_file(path)
+    overlay = _file_overlay(name, path, state_dict)
+    try:
+        model = timm.create_model(
+            name, pretrained=True, pretrained_cfg_overlay=overlay, **model_kwargs
+        )
+    except RuntimeError as exc:  # shape mismatches, unexpected keys
+        raise ModelError(f"weights in {path} do not fit {name}: {exc}") from exc
+    _check_body_loaded(model, name, path, state_dict, _classifier_names(model))
+    return model
+
+
+def _file_overlay(name: str, path: Path, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """pretrained_cfg entries describing the file, so timm adapts what differs from the model.
+
+    timm decides from the pretrained_cfg, not from the tensors, whether to drop the classifier
+    (cfg num_classes != model num_classes) and how to adapt the first conv (cfg input_size[0] !=
+    in_chans), so both are read off the file here.
+    """
+    cfg = get_pretrained_cfg(name)
+    overlay: dict[str, Any] = {"file": str(path)}
+    classifiers = _as_tuple(cfg.classifier if cfg else None)
+    heads = [state_dict[f"{c}.weight"] for c in classifiers if f"{c}.weight" in state_dict]
+    # -1 never equals a model's num_classes: a headless file leaves the model's head as created.
+    overlay["num_classes"] = heads[0].shape[0] if heads else -1
+    first_convs = [
+        state_dict.get(f"{c}.weight") for c in _as_tuple(cfg.first_conv if cfg else None)
+    ]
+    if first_convs and first_convs[0] is not None and first_convs[0].ndim == 4:
+        size = tuple(cfg.input_size[1:]) if cfg and cfg.input_size else (224, 224)
+        overlay["input_size"] = (first_convs[0].shape[1], *size)  # conv weight: (out, in, kh, kw)
+    return overlay
+
+
+def _check_body_loaded(
+    model: nn.Module,
+    name: str,
+    path: Path,
+    state_dict: dict[str, torch.Tensor],
+    skip: tuple[str, ...],
+) -> None:
+    """Refuse a file that silently left body weights at their random init.
+
+    timm loads non-strictly once it drops a classifier, so a file for another architecture would
+    load "successfully". The file's keys are first passed through the model module's
+    ``checkpoint_filter_fn`` (timm's convention; it converts foreign layouts such as original
+    CLIP or DINOv2 checkpoints), then every non-classifier tensor of the model must be among them.
+    """
+    filter_fn = _checkpoint_filter(name)
+    keys = set(filter_fn(dict(state_dict), model) if filter_fn else state_dict)
+    missing = [
+        k
+        for k in model.state_dict()
+        if k not in keys
+        and not k.endswith("num_batches_tracked")
+        and not any(k.startswith(f"{c}.") for c in skip)
+    ]
+    if missing:
+        raise ModelError(
+            f"weights in {path} do not fit {name}: "
+            f"{len(missing)} tensors missing, e.g. {missing[:5]}"
+        )
+
+
+def _checkpoint_filter(name: str) -> Any:
+    module = sys.modules.get(timm.models.model_entrypoint(name).__module__)
+    return getattr(module, "checkpoint_filter_fn", None)
+
+
+def _classifier_names(model: nn.Module) -> tuple[str, ...]:
+    """The classifier module names in the model's pretrained_cfg: ``('fc',)``, ``('head',)``."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return _as_tuple(cfg.get("classifier"))
+
+
+def _as_tuple(value: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+# --- published weights ----------------------------------------------------------------------
+
+
+def _create_pretrained(name: str, model_kwargs: dict[str, Any]) -> nn.Module:
+    cfg = get_pretrained_cfg(name)
+    if cfg is None or not cfg.has_weights:
+        raise ModelError(f"{name} has no published pretrained weights; {_WEIGHTS_HINT}")
+    if _hub_reachable(cfg):
+        try:
+            return timm.create_model(name, pretrained=True, **model_kwargs)
+        except Exception as exc:  # network, hub and format errors all mean "could not fetch"
+            raise ModelError(
+                f"could not fetch pretrained weights for {name}: {exc}; {_WEIGHTS_HINT}"
+            ) from exc
+    cached = _cached_weights(cfg)
+    if cached is not None:
+        return _create_from_file(name, cached, model_kwargs)
+    where = cfg.hf_hub_id or cfg.url
+    raise ModelError(
+        f"could not fetch pretrained weights for {name} from {where}: no network (or offline mode) "
+        f"and not in the local cache; {_WEIGHTS_HINT}"
+    )
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE", "") or os.environ.get("TRANSFORMERS_OFFLINE", "")
+    return constants.is_offline_mode() or env.strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _hub_reachable(cfg: Any) -> bool:
+    """Whether the weights' host answers a TCP connect within a few seconds (False offline)."""
+    if _offline():
+        return False
+    if cfg.hf_hub_id:
+        from huggingface_hub import constants
+
+        url = constants.ENDPOINT
+    else:
+        url = cfg.url or ""
+    parsed = urlparse(url)
+    if not parsed.hostname:
+        return False
+    port = parsed.port or (80 if parsed.scheme == "http" else 443)
+    return _tcp_probe(parsed.hostname, port, _HUB_PROBE_TIMEOUT_S)
+
+
+def _tcp_probe(host: str, port: int, timeout: float) -> bool:
+    # DNS resolution ignores socket timeouts and can block for long; probe in a daemon thread.
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+def _cached_weights(cfg: Any) -> Path | None:
+    """A copy of the published weights already on disk (HF cache or torch hub cache), if any."""
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo_id, _, revision = cfg.hf_hub_id.partition("@")
+        names = (
+            [cfg.hf_hub_filename]
+            if cfg.hf_hub_filename
+            else ["model.safetensors", "pytorch_model.bin"]
+        )
+        for filename in names:
+            found = try_to_load_from_cache(repo_id, filename, revision=revision or None)
+            if isinstance(found, str):
+                return Path(found)
+    if cfg.url:
+        candidate = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name
+        if candidate.is_file():
+            return candidate
+    return None
