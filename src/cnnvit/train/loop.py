@@ -69,6 +69,7 @@ def train_one_epoch(
     first_step: int,
     grad_clip: float | None = None,
     progress: Progress | None = None,
+    label: str = "train",
 ) -> EpochStats:
     """Train for one pass over ``loader``; raise DivergedError on a non-finite loss."""
     model.train()
@@ -76,7 +77,7 @@ def train_one_epoch(
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
-    task = progress.add_task("train", total=len(loader), rate="") if progress else None
+    task = progress.add_task(label, total=len(loader), rate="") if progress else None
     start = time.perf_counter()
     for i, (images, labels) in enumerate(loader):
         scheduler.step_update(first_step + i + 1)

@@ -194,8 +194,6 @@ def _train_epochs(s: Session, results: dict) -> None:
     for epoch in range(s.start_epoch, cfg.train.epochs + 1):
         peak.reset()
         with progress_bar(cfg.train.progress) as progress:
-            if progress is not None:
-                progress.console.print(f"epoch {epoch}/{cfg.train.epochs}")
             stats = train_one_epoch(
                 s.model,
                 s.data.train,
@@ -208,6 +206,7 @@ def _train_epochs(s: Session, results: dict) -> None:
                 first_step=(epoch - 1) * steps,
                 grad_clip=cfg.optim.grad_clip,
                 progress=progress,
+                label=f"epoch {epoch}/{cfg.train.epochs}",
             )
             logits, labels = predict_logits(
                 s.model, s.data.val, s.data.eval_transform, runtime=s.runtime, progress=progress
@@ -340,5 +339,6 @@ def _print_epoch(row: dict, epochs: int) -> None:
         f"  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}"
         f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  lr {row['lr']:.2e}"
         f"  {row['epoch_seconds']:.1f}s  {row['images_per_second']:,.0f} img/s"
-        f"  peak {row['peak_memory_mb']:,.0f} MB"
+        f"  peak {row['peak_memory_mb']:,.0f} MB",
+        soft_wrap=True,
     )

@@ -66,10 +66,18 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "cpu":
-        return (
-            f"{platform.processor() or platform.machine()} CPU ({torch.get_num_threads()} threads)"
-        )
+        return f"{_cpu_model()} ({torch.get_num_threads()} threads)"
     return device.type
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} CPU"
 
 
 def git_revision(path: Path | None = None) -> str | None:
