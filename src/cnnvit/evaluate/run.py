@@ -7,13 +7,11 @@ from pathlib import Path
 
 import torch
 
+from cnnvit.assemble import assemble
 from cnnvit.config import RunConfig, load_run_config
-from cnnvit.data.pipeline import prepare_data
 from cnnvit.evaluate.metrics import classification_metrics, predictions_frame
-from cnnvit.models.build import build_model
 from cnnvit.train.checkpoint import load_checkpoint
 from cnnvit.train.loop import predict_logits
-from cnnvit.train.runtime import resolve_runtime
 from cnnvit.ui import progress_bar
 
 METRICS = "metrics.json"
@@ -35,24 +33,8 @@ def write_evaluation(
 
 def evaluate_config(cfg: RunConfig, weights: dict[str, torch.Tensor] | None, out_dir: Path) -> dict:
     """Build the model and validation data that ``cfg`` describes, load ``weights``, evaluate."""
-    runtime = resolve_runtime(cfg.train)
-    gen = torch.Generator().manual_seed(cfg.train.seed)
-    data = prepare_data(
-        cfg.data,
-        device=runtime.device,
-        batch_size=cfg.train.batch_size,
-        eval_batch_size=cfg.train.eval_batch_size,
-        generator=gen,
-        progress=cfg.train.progress,
-    )
-    model = build_model(
-        cfg.model,
-        num_classes=data.num_classes,
-        in_chans=data.channels,
-        img_size=data.image_size,
-        device=runtime.device,
-        channels_last=runtime.channels_last,
-    )
+    parts = assemble(cfg)
+    runtime, data, model = parts.runtime, parts.data, parts.model
     if weights is not None:
         model.load_state_dict(weights)
     with progress_bar(cfg.train.progress) as progress:

@@ -23,16 +23,16 @@ from typing import Any
 
 import torch
 
+from cnnvit.assemble import assemble
 from cnnvit.config import RunConfig, dump_yaml, load_run_config
-from cnnvit.data.pipeline import PreparedData, prepare_data
+from cnnvit.data.pipeline import PreparedData
 from cnnvit.evaluate.run import write_evaluation
-from cnnvit.models.build import build_model
 from cnnvit.models.surgery import count_parameters
 from cnnvit.profile.memory import PeakMemory
 from cnnvit.train.checkpoint import load_checkpoint, save_checkpoint
 from cnnvit.train.loop import DivergedError, make_loss, predict_logits, train_one_epoch
 from cnnvit.train.optim import build_optimizer, build_scheduler, current_lr
-from cnnvit.train.runtime import Runtime, capture_environment, resolve_runtime
+from cnnvit.train.runtime import Runtime, capture_environment
 from cnnvit.ui import console, progress_bar
 
 EPOCH_COLUMNS = [
@@ -129,25 +129,8 @@ def _run(cfg: RunConfig, run_dir: Path, *, resume: bool) -> dict:
 
 
 def _open_session(cfg: RunConfig, run_dir: Path, *, resume: bool) -> Session:
-    runtime = resolve_runtime(cfg.train)
-    torch.manual_seed(cfg.train.seed)
-    generator = torch.Generator().manual_seed(cfg.train.seed)  # data order and augmentation
-    data = prepare_data(
-        cfg.data,
-        device=runtime.device,
-        batch_size=cfg.train.batch_size,
-        eval_batch_size=cfg.train.eval_batch_size,
-        generator=generator,
-        progress=cfg.train.progress,
-    )
-    model = build_model(
-        cfg.model,
-        num_classes=data.num_classes,
-        in_chans=data.channels,
-        img_size=data.image_size,
-        device=runtime.device,
-        channels_last=runtime.channels_last,
-    )
+    parts = assemble(cfg)
+    runtime, data, model, generator = parts.runtime, parts.data, parts.model, parts.generator
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(
         optimizer, cfg.optim, steps_per_epoch=len(data.train), epochs=cfg.train.epochs

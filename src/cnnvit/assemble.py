@@ -1,0 +1,44 @@
+"""RunConfig -> the runtime, data and model it describes; shared by training and evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cnnvit.config import RunConfig
+from cnnvit.data.pipeline import PreparedData, prepare_data
+from cnnvit.models.build import build_model
+from cnnvit.train.runtime import Runtime, resolve_runtime
+
+
+@dataclass
+class Assembled:
+    runtime: Runtime
+    data: PreparedData
+    model: torch.nn.Module
+    generator: torch.Generator  # CPU generator for data order and augmentation
+
+
+def assemble(cfg: RunConfig) -> Assembled:
+    """Seed torch, then build the device, the loaders and the model sized for the data."""
+    runtime = resolve_runtime(cfg.train)
+    torch.manual_seed(cfg.train.seed)
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    data = prepare_data(
+        cfg.data,
+        device=runtime.device,
+        batch_size=cfg.train.batch_size,
+        eval_batch_size=cfg.train.eval_batch_size,
+        generator=generator,
+        progress=cfg.train.progress,
+    )
+    model = build_model(
+        cfg.model,
+        num_classes=data.num_classes,
+        in_chans=data.channels,
+        img_size=data.image_size,
+        device=runtime.device,
+        channels_last=runtime.channels_last,
+    )
+    return Assembled(runtime, data, model, generator)
