@@ -13,16 +13,15 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; 
     || echo "setup: could not install dataset-fashion-mnist; see README (Data) for other ways" >&2
 fi
 
-if ! command -v uv >/dev/null; then
-  export PATH="$HOME/.local/bin:$PATH"
-fi
+UV=uv
 if ! command -v uv >/dev/null; then
   echo "setup: installing uv" >&2
+  # Debian's own Python refuses plain --user installs (PEP 668); uv is one static binary, safe there.
   python3 -m pip install --quiet --user uv 2>/dev/null \
     || python3 -m pip install --quiet --user --break-system-packages uv 2>/dev/null \
     || python3 -m pip install --quiet uv
-  export PATH="$HOME/.local/bin:$PATH"
+  UV="python3 -m uv"
 fi
 
-uv sync --frozen --quiet
+$UV sync --frozen --quiet
 echo "setup: environment ready in .venv" >&2

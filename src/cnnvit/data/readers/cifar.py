@@ -150,7 +150,7 @@ def _extract(archive: Path, name: str, root: Path | None) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=base, prefix=".extract-"))
     try:
         with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")
+            _safe_extract(tar, tmp)
         for entry in tmp.iterdir():
             if not (base / entry.name).exists():
                 os.replace(entry, base / entry.name)
@@ -159,6 +159,25 @@ def _extract(archive: Path, name: str, root: Path | None) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return base
+
+
+def _safe_extract(tar: tarfile.TarFile, dest: Path) -> None:
+    """Extract regular files and folders only, never outside ``dest``.
+
+    Python >= 3.11.4 has tarfile's "data" filter for this; Debian 12 ships 3.11.2, which has
+    not, so older interpreters get the same rule checked here before extracting.
+    """
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(dest, filter="data")
+        return
+    root = dest.resolve()
+    for member in tar.getmembers():
+        target = (dest / member.name).resolve()
+        if not (member.isfile() or member.isdir()) or not target.is_relative_to(root):
+            raise DataError(
+                f"refusing to extract {member.name!r}: not a plain file inside the archive"
+            )
+    tar.extractall(dest)
 
 
 # ---------------------------------------------------------------------------- binary version
