@@ -33,6 +33,7 @@ def test_missing_data_path_is_named(capsys, tmp_path: Path):
     missing = tmp_path / "nowhere"
     assert main(["train", "--data", f"folder:{missing}", "--out", str(tmp_path / "r")]) == 2
     assert str(missing) in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # a run that never started leaves no folder behind
 
 
 def test_train_then_evaluate_dir_and_weights(tmp_path: Path, capsys):

@@ -104,8 +104,6 @@ def default_run_dir(cfg: RunConfig) -> Path:
 
 
 def _run(cfg: RunConfig, run_dir: Path, *, resume: bool) -> dict:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    console.print(f"run folder: {run_dir}")
     session = _open_session(cfg, run_dir, resume=resume)
     results = _base_results(session)
     try:
@@ -136,6 +134,9 @@ def _open_session(cfg: RunConfig, run_dir: Path, *, resume: bool) -> Session:
         optimizer, cfg.optim, steps_per_epoch=len(data.train), epochs=cfg.train.epochs
     )
     session = Session(cfg, run_dir, runtime, data, model, optimizer, scheduler, generator)
+    # Only now, with data and model known to be good, does the run folder appear.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    console.print(f"run folder: {run_dir}")
     if resume:
         _restore(session)
     else:
