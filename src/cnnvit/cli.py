@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -94,6 +95,41 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    import torch
+
+    from cnnvit.report import print_summary, write_report
+    from cnnvit.study.config import load_study
+    from cnnvit.study.run import run_study
+    from cnnvit.ui import console
+
+    overrides = list(args.overrides)
+    if args.no_progress:
+        overrides.append("recipe.train.progress=false")
+    study = load_study(args.study, overrides, cuda=torch.cuda.is_available())
+    out = args.out or Path("runs") / study.name
+    outcomes = run_study(study, out, command=args.command_line, progress=not args.no_progress)
+    report = write_report(out)
+    print_summary(out, console)
+    failed = [o.cell.id for o in outcomes if o.status == "failed"]
+    if failed:
+        console.print(f"[red]{len(failed)} cell(s) failed:[/] {', '.join(failed)}")
+    console.print(f"report: {report}")
+    return 1 if failed else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from cnnvit.report import print_summary, write_report
+    from cnnvit.ui import console
+
+    if not (args.study_dir / "study.json").is_file():
+        raise FileNotFoundError(f"{args.study_dir} is not a study folder (no study.json)")
+    report = write_report(args.study_dir)
+    print_summary(args.study_dir, console)
+    console.print(f"report: {report}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     import timm
 
@@ -154,6 +190,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("compare", help="run a whole study (models x sizes x seeds) and its report")
+    p.add_argument("study", nargs="?", type=Path, help="study YAML (default: the built-in study)")
+    p.add_argument("--out", type=Path, help="study folder (default: runs/<study name>)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a study key, e.g. --set recipe.train.epochs=3 (repeatable)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="rebuild a study's report from its run folders")
+    p.add_argument("study_dir", type=Path)
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("models", help="list the built-in models (--all: every timm model)")
     p.add_argument("--all", action="store_true")
     p.add_argument("--filter", help="wildcard for --all, e.g. 'vit_*'")
@@ -173,7 +227,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["cnnvit", *argv])
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -23,12 +23,12 @@ class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the key."""
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     # extra="forbid": unknown keys are errors; validate_assignment keeps overrides typed.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class AugmentConfig(_Strict):
+class AugmentConfig(StrictModel):
     """Training-time augmentation, applied batched on the training device."""
 
     crop_padding: int = Field(4, ge=0, description="random crop after zero padding; 0 = off")
@@ -36,7 +36,7 @@ class AugmentConfig(_Strict):
     rotation_degrees: float = Field(0.0, ge=0, le=180, description="random rotation ±degrees")
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     """Which images, which classes, how much of them, and at what size."""
 
     spec: str = Field("fashion-mnist", description="NAME or NAME:PATH (see `cnnvit datasets`)")
@@ -48,6 +48,9 @@ class DataConfig(_Strict):
         0.1, gt=0, lt=1, description="held out of train where the dataset has no split"
     )
     split_seed: int = Field(0, description="seed for the validation split and fractions")
+    max_val_images: int | None = Field(
+        None, gt=0, description="validate on a fixed stratified subset of this size; None = all"
+    )
     image_size: int | None = Field(None, gt=0, description="side in pixels; None = native")
     channels: Literal[1, 3] = Field(3, description="3: grayscale is replicated to RGB")
     normalize: Literal["dataset", "imagenet", "none"] = "dataset"
@@ -59,13 +62,13 @@ class DataConfig(_Strict):
     num_workers: int = Field(2, ge=0, description="DataLoader workers when streaming")
 
 
-class FreezeConfig(_Strict):
+class FreezeConfig(StrictModel):
     trainable_blocks: int | None = Field(
         None, ge=0, description="train only the last k blocks and the head; None = all"
     )
 
 
-class ModelConfig(_Strict):
+class ModelConfig(StrictModel):
     name: str = Field("resnet_mini", description="a timm name or a cnnvit built-in")
     pretrained: bool = False
     weights: Path | None = Field(None, description="local weights file (.safetensors)")
@@ -73,7 +76,7 @@ class ModelConfig(_Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict, description="extra model arguments")
 
 
-class OptimConfig(_Strict):
+class OptimConfig(StrictModel):
     name: Literal["sgd", "adam", "adamw"] = "adamw"
     lr: float = Field(2e-3, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -87,7 +90,7 @@ class OptimConfig(_Strict):
     grad_clip: float | None = Field(None, gt=0, description="max gradient norm")
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     epochs: int = Field(5, gt=0)
     batch_size: int = Field(256, gt=0)
     eval_batch_size: int = Field(512, gt=0)
@@ -100,12 +103,12 @@ class TrainConfig(_Strict):
     progress: bool = True
 
 
-class OutputConfig(_Strict):
+class OutputConfig(StrictModel):
     dir: Path | None = Field(None, description="run folder; None = runs/<model>-<data>-<time>")
     checkpoint: bool = Field(True, description="write a checkpoint after every epoch")
 
 
-class RunConfig(_Strict):
+class RunConfig(StrictModel):
     """Everything one training run needs."""
 
     data: DataConfig = Field(default_factory=DataConfig)

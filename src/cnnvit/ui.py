@@ -18,11 +18,23 @@ from rich.progress import (
 console = Console(stderr=True)
 
 
+# The one live progress display: rich allows a single live display at a time, so a loop that
+# runs inside another (an epoch inside a study) adds its task to the display already shown.
+_active: Progress | None = None
+
+
 @contextmanager
 def progress_bar(enabled: bool = True) -> Iterator[Progress | None]:
-    """A rich Progress with count, rate/loss text and ETA; ``None`` when disabled."""
+    """A rich Progress with count, a text field ``rate`` and ETA; ``None`` when disabled.
+
+    Tasks must be added with a ``rate`` field: ``progress.add_task("train", total=n, rate="")``.
+    """
+    global _active
     if not enabled:
         yield None
+        return
+    if _active is not None:
+        yield _active
         return
     progress = Progress(
         TextColumn("[bold]{task.description}"),
@@ -35,5 +47,9 @@ def progress_bar(enabled: bool = True) -> Iterator[Progress | None]:
         console=console,
         transient=True,
     )
-    with progress:
-        yield progress
+    _active = progress
+    try:
+        with progress:
+            yield progress
+    finally:
+        _active = None

@@ -57,6 +57,10 @@ def load_splits(cfg: DataConfig) -> DatasetSplits:
     if cfg.classes:
         splits = select_classes(splits, cfg.classes)
     splits = ensure_validation(splits, cfg.val_fraction, cfg.split_seed)
+    if cfg.max_val_images is not None and cfg.max_val_images < len(splits.val):
+        # Seed 0, not split_seed: every run of a study validates on the very same images.
+        fraction = cfg.max_val_images / len(splits.val)
+        splits.val = splits.val.subset(nested_fraction_indices(splits.val.labels, fraction, 0))
     if cfg.train_fraction < 1:
         idx = nested_fraction_indices(splits.train.labels, cfg.train_fraction, cfg.split_seed)
         splits.train = splits.train.subset(idx)

@@ -246,6 +246,7 @@ def _base_results(s: Session) -> dict:
         "model": s.cfg.model.name,
         "data": s.cfg.data.spec,
         "train_fraction": s.cfg.data.train_fraction,
+        "trainable_blocks": s.cfg.model.freeze.trainable_blocks,
         "seed": s.cfg.train.seed,
         "num_classes": s.data.num_classes,
         "num_train_images": s.data.train.num_images,

@@ -1,0 +1,190 @@
+"""A study: models × training fractions × seeds (× unfrozen depths), one shared data config and
+a training recipe that each model may override in part (seed 001: Adam 1e-3 for the ResNet,
+AdamW 1e-4 for the ViT).
+
+YAML shape::
+
+    name: fashion-mnist-small-data
+    data: {spec: fashion-mnist}
+    models:
+      - resnet_mini
+      - {name: vit_mini, optim: {lr: 1.0e-3}}
+    fractions: [0.02, 0.07, 0.25]
+    seeds: [0, 1]
+    recipe:
+      optim: {name: adamw, lr: 2.0e-3}
+      train: {epochs: 5, batch_size: 128}
+    grid:
+      trainable_blocks: [null]     # optional axis; null = everything trainable
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from cnnvit.config import (
+    ConfigError,
+    DataConfig,
+    OptimConfig,
+    RunConfig,
+    StrictModel,
+    TrainConfig,
+    apply_overrides,
+    load_yaml,
+    validate_config,
+)
+
+
+class Recipe(StrictModel):
+    """The optimisation and training settings every cell starts from."""
+
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+class StudyModel(StrictModel):
+    """One model of the study and, optionally, the recipe keys it changes."""
+
+    name: str
+    label: str | None = Field(None, description="name shown in the report; default: name")
+    pretrained: bool = False
+    weights: Path | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    optim: dict[str, Any] = Field(default_factory=dict, description="overrides of recipe.optim")
+    train: dict[str, Any] = Field(default_factory=dict, description="overrides of recipe.train")
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+class Grid(StrictModel):
+    """Optional extra axes of the grid."""
+
+    trainable_blocks: list[int | None] = Field(default_factory=lambda: [None])
+
+
+class StudyConfig(StrictModel):
+    name: str = "study"
+    data: DataConfig = Field(default_factory=DataConfig)
+    models: list[StudyModel]
+    fractions: list[float] = Field(default_factory=lambda: [1.0])
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    recipe: Recipe = Field(default_factory=Recipe)
+    grid: Grid = Field(default_factory=Grid)
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _names_as_models(cls, value: Any) -> Any:
+        # `models: [resnet_mini, vit_mini]` is shorthand for `[{name: resnet_mini}, ...]`.
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions_in_range(cls, value: list[float]) -> list[float]:
+        bad = [f for f in value if not 0 < f <= 1]
+        if bad or not value:
+            raise ValueError(f"fractions must be non-empty and in (0, 1], got {value}")
+        return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _labels_unique(self) -> StudyConfig:
+        labels = [m.display for m in self.models]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"two models share a label: {labels}; give them distinct `label`s")
+        if not self.seeds:
+            raise ValueError("seeds must list at least one seed")
+        return self
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid and the run config that trains it."""
+
+    model: str  # the model's display label
+    fraction: float
+    seed: int
+    trainable_blocks: int | None
+    config: RunConfig
+
+    @property
+    def id(self) -> str:
+        depth = "" if self.trainable_blocks is None else f"-k{self.trainable_blocks}"
+        return f"{self.model}-f{self.fraction:g}{depth}-s{self.seed}"
+
+
+def cells(study: StudyConfig, out_dir: Path) -> list[Cell]:
+    """Every cell of the grid, in run order: fraction, then seed, then depth, then model.
+
+    Running all models at a size before moving to the next gives a complete comparison early,
+    so an interrupted study still reports something useful.
+    """
+    out = []
+    for fraction in study.fractions:
+        for seed in study.seeds:
+            for depth in study.grid.trainable_blocks:
+                for model in study.models:
+                    cfg = cell_config(study, model, fraction, seed, depth)
+                    cell = Cell(model.display, fraction, seed, depth, cfg)
+                    cfg.output.dir = out_dir / "runs" / cell.id
+                    out.append(cell)
+    return out
+
+
+def cell_config(
+    study: StudyConfig, model: StudyModel, fraction: float, seed: int, depth: int | None
+) -> RunConfig:
+    """The RunConfig of one cell: shared recipe + the model's overrides + the grid point.
+
+    ``data.split_seed`` follows the seed, so each seed draws its own (nested) subsets.
+    """
+    base = {
+        "data": study.data.model_dump(mode="json"),
+        "model": {
+            "name": model.name,
+            "pretrained": model.pretrained,
+            "weights": str(model.weights) if model.weights else None,
+            "kwargs": model.kwargs,
+            "freeze": {"trainable_blocks": depth},
+        },
+        "optim": study.recipe.optim.model_dump(mode="json"),
+        "train": study.recipe.train.model_dump(mode="json"),
+    }
+    overrides = [f"optim.{k}={_yaml(v)}" for k, v in model.optim.items()]
+    overrides += [f"train.{k}={_yaml(v)}" for k, v in model.train.items()]
+    overrides += [
+        f"data.train_fraction={fraction}",
+        f"data.split_seed={seed}",
+        f"train.seed={seed}",
+    ]
+    try:
+        return validate_config(RunConfig, apply_overrides(base, overrides))
+    except ConfigError as err:
+        raise ConfigError(f"model {model.display}: {err}") from None
+
+
+def _yaml(value: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def default_study_path(cuda: bool) -> Path:
+    """The built-in default study: a small one for CPU, the seed 004 grid for a CUDA GPU."""
+    name = "default-cuda.yaml" if cuda else "default.yaml"
+    return Path(str(resources.files("cnnvit.study").joinpath(name)))
+
+
+def load_study(
+    path: Path | None, overrides: list[str] | None = None, *, cuda: bool = False
+) -> StudyConfig:
+    """A study from YAML (or the default), with ``--set`` overrides, validated."""
+    data = load_yaml(path if path is not None else default_study_path(cuda))
+    return validate_config(StudyConfig, apply_overrides(data, overrides or []))
