@@ -16,7 +16,7 @@ def test_quickstart_has_exactly_two_commands():
     commands = _quickstart_commands()
     assert len(commands) == 2
     assert all("\n" not in c for c in commands)
-    assert "cnnvit train" in commands[0]
+    assert "cnnvit compare" in commands[0]
     assert "pytest" in commands[1]
 
 
@@ -24,3 +24,20 @@ def test_ci_runs_the_readme_test_command():
     test_command = _quickstart_commands()[1]
     ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert test_command in ci_lines
+
+
+def test_readme_config_examples_validate():
+    import yaml
+
+    from cnnvit.config import RunConfig, validate_config
+    from cnnvit.study.config import StudyConfig
+
+    text = (ROOT / "README.md").read_text()
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, re.S)]
+    studies = [b for b in blocks if "models" in b]
+    runs = [b for b in blocks if "models" not in b]
+    assert studies and runs
+    for block in studies:
+        validate_config(StudyConfig, block)
+    for block in runs:
+        validate_config(RunConfig, block)

@@ -109,12 +109,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     study = load_study(args.study, overrides, cuda=torch.cuda.is_available())
     out = args.out or Path("runs") / study.name
     outcomes = run_study(study, out, command=args.command_line, progress=not args.no_progress)
-    report = write_report(out)
-    print_summary(out, console)
+    write_report(out)
+    print_summary(out, console)  # ends with the report's path
     failed = [o.cell.id for o in outcomes if o.status == "failed"]
     if failed:
         console.print(f"[red]{len(failed)} cell(s) failed:[/] {', '.join(failed)}")
-    console.print(f"report: {report}")
     return 1 if failed else 0
 
 
@@ -124,9 +123,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if not (args.study_dir / "study.json").is_file():
         raise FileNotFoundError(f"{args.study_dir} is not a study folder (no study.json)")
-    report = write_report(args.study_dir)
+    write_report(args.study_dir)
     print_summary(args.study_dir, console)
-    console.print(f"report: {report}")
     return 0
 
 

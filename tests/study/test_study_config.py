@@ -70,3 +70,15 @@ def test_default_studies_meet_the_brief():
         assert study.data.spec == "fashion-mnist"
         assert len(study.fractions) >= 3 and max(study.fractions) / min(study.fractions) >= 10
         assert len(study.seeds) >= seeds
+
+
+def test_labels_become_safe_folder_names(tmp_path: Path):
+    study = _study(models=[{"name": "vit_mini", "label": "ViT-B/16 <x>"}, "resnet_mini"])
+    grid = cells(study, tmp_path)
+    assert grid[0].id == "ViT-B_16__x_-f0.1-s0"
+    assert all(c.config.output.dir.parent == tmp_path / "runs" for c in grid)
+    clash = _study(
+        models=[{"name": "vit_mini", "label": "a/b"}, {"name": "resnet_mini", "label": "a_b"}]
+    )
+    with pytest.raises(ConfigError, match="clashing"):
+        cells(clash, tmp_path)

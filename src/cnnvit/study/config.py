@@ -20,6 +20,7 @@ YAML shape::
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -116,8 +117,10 @@ class Cell:
 
     @property
     def id(self) -> str:
+        """A folder name: the label with anything but letters, digits and ._+- replaced."""
         depth = "" if self.trainable_blocks is None else f"-k{self.trainable_blocks}"
-        return f"{self.model}-f{self.fraction:g}{depth}-s{self.seed}"
+        label = re.sub(r"[^A-Za-z0-9._+-]", "_", self.model)
+        return f"{label}-f{self.fraction:g}{depth}-s{self.seed}"
 
 
 def cells(study: StudyConfig, out_dir: Path) -> list[Cell]:
@@ -135,6 +138,9 @@ def cells(study: StudyConfig, out_dir: Path) -> list[Cell]:
                     cell = Cell(model.display, fraction, seed, depth, cfg)
                     cfg.output.dir = out_dir / "runs" / cell.id
                     out.append(cell)
+    ids = [c.id for c in out]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"model labels {[m.display for m in study.models]} give clashing folders")
     return out
 
 

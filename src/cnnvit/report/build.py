@@ -1,0 +1,145 @@
+"""Write a study's report from its folder: tables (CSV/Parquet), figures (PNG), report.html.
+
+``cnnvit report DIR`` and the end of ``cnnvit compare`` both call :func:`write_report`; it
+reads only files, so it works on a copied folder, without the models, and on a study where
+some cells failed or never ran (sections say what is missing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from rich.markup import escape  # a label like '[red]x' is not rich markup
+from rich.table import Table
+
+from cnnvit.report.collect import collect_results, load_study_data, summarize
+from cnnvit.report.figures import save_png
+from cnnvit.report.html import render_page
+from cnnvit.report.sections import SECTIONS, ReportContext, Section, render_header
+
+REPORT_NAME = "report.html"
+
+
+def write_report(study_dir: Path | str, sections: Sequence[Section] = SECTIONS) -> Path:
+    """Build every output of the report under ``study_dir``; returns the path of report.html.
+
+    Writes ``results.csv``/``results.parquet`` (one row per cell), ``summary.csv`` (aggregates
+    over seeds), ``tables/*.csv``, ``figures/*.png`` and ``report.html``.
+    """
+    root = Path(study_dir)
+    data = load_study_data(root)
+    _write_frame(data.results, root / "results.csv", parquet=True)
+    _write_frame(data.summary, root / "summary.csv")
+    ctx = ReportContext(data)
+    for section in sections:
+        _build_section_outputs(section, ctx, root)
+    page = render_page(ctx, sections, render_header(ctx))
+    path = root / REPORT_NAME
+    _write_atomic(path, page.encode("utf-8"))
+    return path
+
+
+def _build_section_outputs(section: Section, ctx: ReportContext, root: Path) -> None:
+    """Tables to tables/*.csv and figures to figures/*.png, kept in ``ctx`` for rendering."""
+    if section.tables is not None:
+        for name, frame in section.tables(ctx).items():
+            ctx.tables[name] = frame
+            _write_frame(frame, root / "tables" / f"{name}.csv")
+    if section.figures is not None:
+        for name, fig in section.figures(ctx).items():
+            path = root / "figures" / f"{name}.png"
+            if fig is None:
+                # A figure that cannot be drawn now must not linger from an earlier build.
+                path.unlink(missing_ok=True)
+                continue
+            ctx.figures[name] = save_png(fig, path)
+
+
+def _write_frame(frame: pd.DataFrame, path: Path, *, parquet: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+    if parquet:
+        frame.to_parquet(path.with_suffix(".parquet"), index=False)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    # A browser or a watcher never sees a half-written page.
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+# --- terminal summary --------------------------------------------------------------------------
+
+
+def print_summary(study_dir: Path | str, console: Console | None = None) -> None:
+    """A rich table of per-model, per-size accuracy (mean ± std) and cost, then the report path."""
+    console = console or Console()
+    root = Path(study_dir)
+    results = collect_results(root)
+    summary = summarize(results)
+    console.print(_summary_table(results, summary))
+    bad = results[results["status"] != "completed"]
+    if not bad.empty:
+        counts = bad["status"].value_counts()
+        listed = ", ".join(f"{n} {s}" for s, n in counts.items())
+        console.print(f"[yellow]{len(bad)} of {len(results)} cells did not complete ({listed})[/]")
+    report = root / REPORT_NAME
+    if report.is_file():
+        console.print(f"Report: [bold]{report}[/]")
+    else:
+        console.print(f"[yellow]No report yet; write it with `cnnvit report {root}`[/]")
+
+
+def _summary_table(results: pd.DataFrame, summary: pd.DataFrame) -> Table:
+    """One row per (model, size, depth) of the grid, in study order; '—' where none completed."""
+    depths = results["trainable_blocks"].notna().any()
+    table = Table(title="Accuracy and cost (mean over seeds)", title_justify="left")
+    table.add_column("model")
+    if depths:
+        table.add_column("trainable blocks", justify="right")
+    for name in ("images", "seeds", "final top-1", "train time", "peak memory"):
+        table.add_column(name, justify="right")
+    done = {_key(r.model, r.fraction, r.trainable_blocks): r for r in summary.itertuples()}
+    planned: dict[tuple, int] = {}
+    for r in results.itertuples():
+        key = _key(r.model, r.fraction, r.trainable_blocks)
+        planned[key] = planned.get(key, 0) + 1
+    model_order = {m: i for i, m in enumerate(dict.fromkeys(results["model"]))}
+    for key in sorted(
+        planned, key=lambda k: (model_order[k[0]], -1 if k[2] is None else k[2], k[1])
+    ):
+        model, _, blocks = key
+        row = done.get(key)
+        cells = [escape(str(model))]
+        if depths:
+            cells.append("all" if blocks is None else str(blocks))
+        cells += _summary_cells(row, planned[key])
+        table.add_row(*cells)
+    return table
+
+
+def _summary_cells(row, planned: int) -> list[str]:
+    if row is None:
+        return ["—", f"0/{planned}", "—", "—", "—"]
+    return [
+        "—" if pd.isna(row.num_train_images) else f"{int(row.num_train_images):,}",
+        f"{row.n}/{planned}",
+        _pm(row.final_val_top1_mean, row.final_val_top1_std),
+        "—" if pd.isna(row.train_seconds) else f"{row.train_seconds:.1f} s",
+        "—" if pd.isna(row.peak_memory_mb) else f"{row.peak_memory_mb:,.0f} MB",
+    ]
+
+
+def _key(model: str, fraction: float, blocks: object) -> tuple[str, float, int | None]:
+    # pd.NA (all layers trainable) neither equals itself nor hashes usefully: use None.
+    return model, float(fraction), None if pd.isna(blocks) else int(blocks)
+
+
+def _pm(mean: float, std: float) -> str:
+    if pd.isna(std):
+        return f"{100 * mean:.2f} %"
+    return f"{100 * mean:.2f} ± {100 * std:.2f} %"

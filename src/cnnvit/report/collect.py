@@ -1,0 +1,427 @@
+"""Read a study folder into tables: one row per cell, aggregates over seeds, per-epoch curves.
+
+Only files are read (study.yaml, study.json and the run folders that ``cnnvit train`` writes),
+never models, so a report can be rebuilt anywhere the folder is copied. A cell whose folder is
+absent is ``missing``; a run folder without results.json is ``missing`` too (it never got far
+enough to say anything). Numbers a run did not produce are NaN, not errors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from scipy import stats
+
+# The columns of results.csv, in order (the issue's list).
+RESULT_COLUMNS = [
+    "cell",
+    "model",
+    "fraction",
+    "num_train_images",
+    "seed",
+    "trainable_blocks",
+    "status",
+    "error",
+    "best_val_top1",
+    "final_val_top1",
+    "top5",
+    "macro_f1",
+    "params_total",
+    "params_trainable",
+    "mean_epoch_seconds",
+    "train_seconds",
+    "peak_memory_mb",
+    "epochs_completed",
+]
+
+# Accuracy-like metrics aggregated with mean, std and a 95 % interval over seeds.
+SPREAD_METRICS = ["final_val_top1", "best_val_top1", "macro_f1"]
+# Cost metrics aggregated with a plain mean over seeds.
+MEAN_METRICS = [
+    "mean_epoch_seconds",
+    "train_seconds",
+    "peak_memory_mb",
+    "params_total",
+    "params_trainable",
+]
+GROUP_KEYS = ["model", "fraction", "trainable_blocks"]
+
+# results.json key -> results.csv column (final_val_top1 falls back to the last epoch's val acc).
+_RESULT_KEYS = {
+    "best_val_top1": "best_val_acc",
+    "top5": "final_top5",
+    "macro_f1": "macro_f1",
+    "params_total": "params_total",
+    "params_trainable": "params_trainable",
+    "mean_epoch_seconds": "mean_epoch_seconds",
+    "train_seconds": "train_seconds",
+    "peak_memory_mb": "peak_memory_mb",
+    "epochs_completed": "epochs_completed",
+    "num_train_images": "num_train_images",
+}
+
+
+class StudyFolderError(ValueError):
+    """The folder is not a study folder (no study.json and no run folders)."""
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One cell as study.json lists it."""
+
+    id: str
+    model: str  # display label
+    model_name: str | None  # registry name, where known
+    fraction: float
+    seed: int
+    trainable_blocks: int | None
+    run_dir: Path  # absolute
+
+
+@dataclass
+class StudyInfo:
+    """What study.json and study.yaml say about the study as a whole."""
+
+    root: Path
+    name: str
+    command: str | None
+    started_at: str | None
+    finished_at: str | None
+    cells: list[CellSpec]
+    config: dict[str, Any] = field(default_factory=dict)  # study.yaml as plain data
+
+    @property
+    def models(self) -> list[str]:
+        """Display labels in the study's order (study.yaml first, then as cells list them)."""
+        labels = [_label(m) for m in self.config.get("models") or []]
+        for cell in self.cells:
+            if cell.model not in labels:
+                labels.append(cell.model)
+        return labels
+
+    @property
+    def model_names(self) -> dict[str, str]:
+        """Display label -> registry name (labels and names differ when a study sets `label`)."""
+        names = {_label(m): _name(m) for m in self.config.get("models") or []}
+        for cell in self.cells:
+            if cell.model_name:
+                names.setdefault(cell.model, cell.model_name)
+        return names
+
+    @property
+    def data_spec(self) -> str | None:
+        data = self.config.get("data") or {}
+        return data.get("spec") if isinstance(data, dict) else None
+
+
+# --- study.json / study.yaml -------------------------------------------------------------
+
+
+def load_study_info(study_dir: Path | str) -> StudyInfo:
+    """Read study.json (the cells in run order) and study.yaml (the resolved config).
+
+    Without study.json (a hand-made folder, or the runner died before writing it) the cells are
+    the run folders under ``runs/``, described by their own results.json.
+    """
+    root = Path(study_dir)
+    config = _read_yaml(root / "study.yaml") or {}
+    meta = _read_json(root / "study.json")
+    if meta is None:
+        cells = _cells_from_run_folders(root)
+        if not cells:
+            raise StudyFolderError(f"{root} has neither study.json nor run folders under runs/")
+        meta = {}
+    else:
+        cells = [_cell_spec(root, c) for c in meta.get("cells") or []]
+    return StudyInfo(
+        root=root,
+        name=str(meta.get("name") or config.get("name") or root.name),
+        command=meta.get("command"),
+        started_at=meta.get("started_at"),
+        finished_at=meta.get("finished_at"),
+        cells=cells,
+        config=config,
+    )
+
+
+def _cell_spec(root: Path, c: dict[str, Any]) -> CellSpec:
+    tb = c.get("trainable_blocks")
+    return CellSpec(
+        id=str(c["id"]),
+        model=str(c["model"]),
+        model_name=c.get("model_name"),
+        fraction=float(c["fraction"]),
+        seed=int(c["seed"]),
+        trainable_blocks=None if tb is None else int(tb),
+        run_dir=root / c.get("run_dir", f"runs/{c['id']}"),
+    )
+
+
+def _cells_from_run_folders(root: Path) -> list[CellSpec]:
+    out = []
+    for run_dir in sorted((root / "runs").glob("*/")):
+        res = _read_json(run_dir / "results.json") or {}
+        if not res:
+            continue
+        tb = res.get("trainable_blocks")
+        out.append(
+            CellSpec(
+                id=run_dir.name,
+                model=str(res.get("model", run_dir.name)),
+                model_name=res.get("model"),
+                fraction=float(res.get("train_fraction", 1.0)),
+                seed=int(res.get("seed", 0)),
+                trainable_blocks=None if tb is None else int(tb),
+                run_dir=run_dir,
+            )
+        )
+    return out
+
+
+def _label(entry: Any) -> str:
+    if isinstance(entry, str):
+        return entry
+    return str(entry.get("label") or entry["name"])
+
+
+def _name(entry: Any) -> str:
+    return entry if isinstance(entry, str) else str(entry["name"])
+
+
+# --- one row per cell ----------------------------------------------------------------------
+
+
+def collect_results(study_dir: Path | str, info: StudyInfo | None = None) -> pd.DataFrame:
+    """One row per cell, in study.json order, with the columns of ``RESULT_COLUMNS``.
+
+    ``status`` is the run's own (completed, diverged, failed, running) or ``missing`` where the
+    cell has no results.json. ``trainable_blocks`` is a nullable integer (NA = all trainable).
+    """
+    info = info or load_study_info(study_dir)
+    rows = [_result_row(cell) for cell in info.cells]
+    frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    frame["trainable_blocks"] = frame["trainable_blocks"].astype("Int64")
+    for col in ("seed",):
+        frame[col] = frame[col].astype("int64")
+    for col in ("num_train_images", "params_total", "params_trainable", "epochs_completed"):
+        frame[col] = frame[col].astype("Int64")
+    return frame
+
+
+def _result_row(cell: CellSpec) -> dict[str, Any]:
+    res = _read_json(cell.run_dir / "results.json")
+    row: dict[str, Any] = {
+        "cell": cell.id,
+        "model": cell.model,
+        "fraction": cell.fraction,
+        "seed": cell.seed,
+        "trainable_blocks": cell.trainable_blocks,
+        "status": "missing" if res is None else str(res.get("status", "unknown")),
+        "error": None if res is None else res.get("error"),
+    }
+    res = res or {}
+    for col, key in _RESULT_KEYS.items():
+        row[col] = _number(res.get(key))
+    # The final evaluation's top-1 is the number of record; a run that stopped early only has
+    # the last epoch's validation accuracy.
+    final = _number(res.get("final_top1"))
+    row["final_val_top1"] = final if not math.isnan(final) else _number(res.get("final_val_acc"))
+    for col in ("num_train_images", "params_total", "params_trainable", "epochs_completed"):
+        row[col] = None if math.isnan(row[col]) else int(row[col])
+    return row
+
+
+# --- aggregates over seeds -----------------------------------------------------------------
+
+
+def summarize(results: pd.DataFrame) -> pd.DataFrame:
+    """Aggregate completed cells over seeds, one row per (model, fraction, trainable_blocks).
+
+    ``n`` counts completed cells only. For each of ``SPREAD_METRICS``: ``_mean``, ``_std``
+    (ddof=1; NaN with one seed), ``_ci95_low``/``_ci95_high`` (Student t interval of the mean;
+    NaN with one seed). Cost columns are plain means. Rows keep the order in which models and
+    fractions first appear in ``results``.
+    """
+    done = results[results["status"] == "completed"]
+    rows = []
+    for keys, group in done.groupby(GROUP_KEYS, sort=False, dropna=False):
+        model, fraction, blocks = keys
+        row: dict[str, Any] = {
+            "model": model,
+            "fraction": fraction,
+            "trainable_blocks": blocks,
+            "n": len(group),
+            "num_train_images": _typical_count(group["num_train_images"]),
+        }
+        for metric in SPREAD_METRICS:
+            row.update(_spread(group[metric], metric))
+        for metric in MEAN_METRICS:
+            values = group[metric].astype("float64").dropna()
+            row[metric] = float(values.mean()) if len(values) else math.nan
+        rows.append(row)
+    columns = ["model", "fraction", "trainable_blocks", "n", "num_train_images"]
+    columns += [
+        f"{m}_{s}" for m in SPREAD_METRICS for s in ("mean", "std", "ci95_low", "ci95_high")
+    ]
+    columns += MEAN_METRICS
+    summary = pd.DataFrame(rows, columns=columns)
+    summary["trainable_blocks"] = summary["trainable_blocks"].astype("Int64")
+    summary["num_train_images"] = summary["num_train_images"].astype("Int64")
+    return _ordered(summary, results)
+
+
+def _spread(values: pd.Series, name: str) -> dict[str, float]:
+    """Mean, sample std and the 95 % Student-t interval of the mean of the non-missing values."""
+    x = values.astype("float64").dropna().to_numpy()
+    n = len(x)
+    mean = float(x.mean()) if n else math.nan
+    std = float(x.std(ddof=1)) if n > 1 else math.nan
+    if n > 1:
+        half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+        low, high = mean - half, mean + half
+    else:
+        low = high = math.nan
+    return {
+        f"{name}_mean": mean,
+        f"{name}_std": std,
+        f"{name}_ci95_low": low,
+        f"{name}_ci95_high": high,
+    }
+
+
+def _typical_count(values: pd.Series) -> int | None:
+    # Seeds draw different subsets of the same size; the median guards against a stray value.
+    x = values.dropna().astype("float64")
+    return None if x.empty else round(float(np.median(x)))
+
+
+def _ordered(summary: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
+    """Sort by model (study order), then trainable_blocks, then fraction."""
+    if summary.empty:
+        return summary
+    model_rank = {m: i for i, m in enumerate(dict.fromkeys(results["model"]))}
+    key = summary.assign(
+        _m=summary["model"].map(model_rank),
+        _k=summary["trainable_blocks"].astype("float64").fillna(-1.0),
+    )
+    key = key.sort_values(["_m", "_k", "fraction"], kind="stable")
+    return key.drop(columns=["_m", "_k"]).reset_index(drop=True)
+
+
+# --- per-epoch curves, final metrics, environment -----------------------------------------
+
+
+def read_curves(info: StudyInfo, results: pd.DataFrame) -> pd.DataFrame:
+    """The epochs.csv of every completed cell, stacked, with the cell's grid coordinates.
+
+    Columns: cell, model, fraction, seed, trainable_blocks, then epochs.csv's own columns.
+    """
+    frames = []
+    runs = {c.id: c.run_dir for c in info.cells}
+    for row in results[results["status"] == "completed"].itertuples(index=False):
+        path = runs[row.cell] / "epochs.csv"
+        if not path.is_file():
+            continue
+        epochs = pd.read_csv(path)
+        if epochs.empty:
+            continue
+        epochs.insert(0, "cell", row.cell)
+        epochs.insert(1, "model", row.model)
+        epochs.insert(2, "fraction", row.fraction)
+        epochs.insert(3, "seed", row.seed)
+        epochs.insert(4, "trainable_blocks", row.trainable_blocks)
+        frames.append(epochs)
+    if not frames:
+        return pd.DataFrame(
+            columns=["cell", "model", "fraction", "seed", "trainable_blocks", "epoch"]
+        )
+    curves = pd.concat(frames, ignore_index=True)
+    curves["trainable_blocks"] = curves["trainable_blocks"].astype("Int64")
+    return curves
+
+
+def read_metrics(info: StudyInfo) -> dict[str, dict[str, Any]]:
+    """metrics.json of every cell that has one, by cell id."""
+    out = {}
+    for cell in info.cells:
+        metrics = _read_json(cell.run_dir / "metrics.json")
+        if metrics is not None:
+            out[cell.id] = metrics
+    return out
+
+
+def read_environments(info: StudyInfo) -> dict[str, dict[str, Any]]:
+    """environment.json of every cell that has one, by cell id."""
+    out = {}
+    for cell in info.cells:
+        env = _read_json(cell.run_dir / "environment.json")
+        if env is not None:
+            out[cell.id] = env
+    return out
+
+
+# --- small readers -------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    # A half-written or corrupt file must not stop the report: the cell shows as missing.
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _read_yaml(path: Path) -> dict[str, Any] | None:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _number(value: Any) -> float:
+    try:
+        return math.nan if value is None else float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+# --- everything a report needs -------------------------------------------------------------
+
+
+@dataclass
+class StudyData:
+    """Everything read from a study folder, once, for every figure, table and section."""
+
+    info: StudyInfo
+    results: pd.DataFrame
+    summary: pd.DataFrame
+    curves: pd.DataFrame
+    metrics: dict[str, dict[str, Any]]
+    environments: dict[str, dict[str, Any]]
+
+    @property
+    def models(self) -> list[str]:
+        return self.info.models
+
+
+def load_study_data(study_dir: Path | str) -> StudyData:
+    """Read a study folder: cells, per-cell results, summary, curves, metrics, environments."""
+    info = load_study_info(study_dir)
+    results = collect_results(study_dir, info)
+    return StudyData(
+        info=info,
+        results=results,
+        summary=summarize(results),
+        curves=read_curves(info, results),
+        metrics=read_metrics(info),
+        environments=read_environments(info),
+    )

@@ -1,0 +1,134 @@
+"""The report's tables as DataFrames of plain numbers (the HTML layer formats them; CSV keeps
+full precision), and the choice of runs shown for "the largest training size"."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cnnvit.report.collect import StudyData
+
+EFFICIENCY_COLUMNS = [
+    "model",
+    "trainable_blocks",
+    "fraction",
+    "num_train_images",
+    "n",
+    "params_total",
+    "params_trainable",
+    "mean_epoch_seconds",
+    "train_seconds",
+    "peak_memory_mb",
+]
+# metrics.json key path -> column stem in the final-metrics table.
+FINAL_METRICS = {
+    "accuracy": ("top1",),
+    "precision": ("macro", "precision"),
+    "recall": ("macro", "recall"),
+    "f1": ("macro", "f1"),
+    "top5": ("top5",),
+}
+CELL_COLUMNS = [
+    "cell",
+    "model",
+    "fraction",
+    "num_train_images",
+    "seed",
+    "trainable_blocks",
+    "status",
+    "epochs_completed",
+    "final_val_top1",
+    "best_val_top1",
+    "train_seconds",
+    "run_dir",
+    "error",
+]
+
+
+def accuracy_table(data: StudyData) -> pd.DataFrame:
+    """Final top-1 per model (rows) and training size: mean, std, 95 % interval, seeds."""
+    keep = ["model", "trainable_blocks", "fraction", "num_train_images", "n"]
+    keep += [f"final_val_top1_{s}" for s in ("mean", "std", "ci95_low", "ci95_high")]
+    return data.summary[keep].copy()
+
+
+def efficiency_table(data: StudyData) -> pd.DataFrame:
+    """Cost per model and training size, mean over completed seeds."""
+    return data.summary[EFFICIENCY_COLUMNS].copy()
+
+
+def largest_fraction_cells(data: StudyData) -> pd.DataFrame:
+    """Completed cells with metrics.json at each (model, trainable_blocks)'s largest such size.
+
+    Per model rather than study-wide: a model whose largest-size runs all failed still shows
+    its best available size (the fraction column says which).
+    """
+    done = data.results[
+        (data.results["status"] == "completed") & data.results["cell"].isin(data.metrics)
+    ]
+    if done.empty:
+        return done
+    largest = done.groupby(["model", "trainable_blocks"], dropna=False)["fraction"].transform("max")
+    return done[done["fraction"] == largest]
+
+
+def final_metrics_table(data: StudyData) -> pd.DataFrame:
+    """Accuracy, macro precision/recall/F1 and top-5 (metrics.json), mean and std over seeds."""
+    cells = largest_fraction_cells(data)
+    rows = []
+    model_order = {m: i for i, m in enumerate(data.models)}
+    for (model, blocks), group in cells.groupby(["model", "trainable_blocks"], dropna=False):
+        row: dict[str, Any] = {
+            "model": model,
+            "trainable_blocks": blocks,
+            "fraction": group["fraction"].iloc[0],
+            "num_train_images": group["num_train_images"].median(),
+            "n": len(group),
+        }
+        for name, path in FINAL_METRICS.items():
+            values = np.array([_dig(data.metrics[c], path) for c in group["cell"]], dtype=float)
+            values = values[~np.isnan(values)]
+            row[f"{name}_mean"] = values.mean() if len(values) else np.nan
+            row[f"{name}_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
+        rows.append(row)
+    columns = ["model", "trainable_blocks", "fraction", "num_train_images", "n"]
+    columns += [f"{m}_{s}" for m in FINAL_METRICS for s in ("mean", "std")]
+    table = pd.DataFrame(rows, columns=columns)
+    if table.empty:
+        return table
+    table["trainable_blocks"] = table["trainable_blocks"].astype("Int64")
+    table["num_train_images"] = table["num_train_images"].round().astype("Int64")
+    order = table["model"].map(model_order).fillna(len(model_order))
+    blocks_key = table["trainable_blocks"].astype("float64").fillna(-1)
+    table = table.assign(_m=order, _k=blocks_key).sort_values(["_m", "_k"], kind="stable")
+    return table.drop(columns=["_m", "_k"]).reset_index(drop=True)
+
+
+def cells_table(data: StudyData) -> pd.DataFrame:
+    """Every cell with its status and, where it failed or diverged, the error text."""
+    runs = {c.id: c.run_dir for c in data.info.cells}
+    table = data.results.copy()
+    table["run_dir"] = [
+        _relative(runs[c], data.info.root) if c in runs else "" for c in table["cell"]
+    ]
+    return table[CELL_COLUMNS]
+
+
+def _relative(path, root) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _dig(obj: Any, path: tuple[str, ...]) -> float:
+    for key in path:
+        if not isinstance(obj, dict) or key not in obj:
+            return np.nan
+        obj = obj[key]
+    try:
+        return float(obj)
+    except (TypeError, ValueError):
+        return np.nan

@@ -1,0 +1,154 @@
+"""write_report: every output file, a safe self-contained page, identical bytes on rebuild."""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import pytest
+from rich.console import Console
+
+from cnnvit.report import print_summary, write_report
+from cnnvit.report.sections import SECTIONS
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+EVIL = "<script>alert(1)</script>"
+FIGURES = ["accuracy_vs_images", "learning_curves", "confusion_matrices"]
+TABLES = ["accuracy", "efficiency", "final_metrics", "cells"]
+# src=/href= (or CSS url()) pointing anywhere but inside the page.
+EXTERNAL = re.compile(r"""(?:\b(?:src|href)\s*=\s*["']?|url\(\s*["']?)\s*(?:https?:)?//""", re.I)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, study_factory):
+    """A study with a failed, a diverged and a missing cell, and hostile names; built once."""
+    root = tmp_path_factory.mktemp("built") / "study"
+    study_factory(
+        root,
+        models=[("resnet_mini", "resnet_mini"), (EVIL, "vit_mini")],
+        classes=["T-shirt/top", "Trouser", EVIL],
+        statuses={
+            "resnet_mini-f0.02-s1": "failed",
+            "resnet_mini-f0.07-s2": "diverged",
+            "resnet_mini-f0.25-s0": "missing",
+        },
+        command=f"cnnvit compare --out 'study' --set name={EVIL}",
+    )
+    return root, write_report(root)
+
+
+def test_every_output_is_written(built):
+    root, report = built
+    assert report == root / "report.html"
+    for name in ("results.csv", "results.parquet", "summary.csv", "report.html"):
+        assert (root / name).stat().st_size > 0, name
+    for name in TABLES:
+        assert not pd.read_csv(root / "tables" / f"{name}.csv").empty, name
+    for name in FIGURES:
+        png = (root / "figures" / f"{name}.png").read_bytes()
+        assert png.startswith(PNG_SIGNATURE) and len(png) > 1000, name
+    results = pd.read_parquet(root / "results.parquet")
+    assert list(results.columns) == list(pd.read_csv(root / "results.csv").columns)
+    assert len(results) == 18
+
+
+def test_page_has_every_section_and_no_external_resource(built):
+    _, report = built
+    page = report.read_text()
+    for section in SECTIONS:
+        assert f'<section id="{section.id}">' in page, section.id
+    assert not EXTERNAL.search(page)
+    assert "http://" not in page and "https://" not in page
+    sources = re.findall(r'<img src="([^"]*)"', page)
+    assert len(sources) == len(FIGURES)
+    assert all(s.startswith("data:image/png;base64,") for s in sources)
+
+
+def test_text_from_the_data_is_escaped(built):
+    _, report = built
+    page = report.read_text()
+    assert "<script>alert(1)" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "&lt;b&gt;tried&lt;/b&gt;" in page  # the failed cell's error message
+    assert "<b>tried" not in page
+
+
+def test_failed_and_diverged_cells_are_reported(built):
+    _, report = built
+    page = report.read_text()
+    cells = page[page.index('<section id="cells">') :]
+    assert "status-failed" in cells and "status-diverged" in cells and "status-missing" in cells
+    assert "out of memory" in cells and "loss is nan at epoch 2" in cells
+    assert "18 cells: 15 completed, 1 diverged, 1 failed, 1 missing." in cells
+    verdict = page[page.index('<section id="verdict">') : page.index('<section id="accuracy">')]
+    assert "more accurate than" in verdict
+
+
+def test_rebuild_gives_identical_bytes(built):
+    root, report = built
+    first = report.read_bytes()
+    figures = {n: (root / "figures" / f"{n}.png").read_bytes() for n in FIGURES}
+    report.unlink()
+    assert write_report(root).read_bytes() == first
+    assert {n: (root / "figures" / f"{n}.png").read_bytes() for n in FIGURES} == figures
+
+
+def test_only_one_model_finished(tmp_path, study_factory):
+    cells = [f"vit_mini-f{f:g}-s{s}" for f in (0.02, 0.07, 0.25) for s in (0, 1, 2)]
+    root = study_factory(tmp_path / "s", statuses=dict.fromkeys(cells, "failed"))
+    page = write_report(root).read_text()
+    assert "Only resnet_mini has completed runs" in page
+    assert "No confusion matrix for vit_mini" in page
+    for section in SECTIONS:
+        assert f'<section id="{section.id}">' in page
+
+
+def test_nothing_completed(tmp_path, study_factory):
+    root = study_factory(
+        tmp_path / "s",
+        fractions=[0.5],
+        seeds=[0],
+        statuses={"resnet_mini-f0.5-s0": "failed", "vit_mini-f0.5-s0": "missing"},
+    )
+    page = write_report(root).read_text()
+    assert "nothing to compare yet" in page
+    assert "<img" not in page
+    assert not list((root / "figures").glob("*.png"))
+    assert pd.read_csv(root / "results.csv")["status"].tolist() == ["failed", "missing"]
+
+
+def test_several_depths_get_a_panel_each(tmp_path, study_factory):
+    root = study_factory(tmp_path / "s", trainable_blocks=[None, 2], seeds=[0, 1])
+    page = write_report(root).read_text()
+    assert "With all layers trainable:" in page
+    assert "With the last 2 blocks trainable:" in page
+    assert (root / "figures" / "accuracy_vs_images.png").stat().st_size > 0
+
+
+def test_print_summary(built):
+    root, report = built
+    console = Console(record=True, width=140)
+    print_summary(root, console)
+    text = console.export_text()
+    assert "resnet_mini" in text and EVIL in text
+    assert "12,000" in text and "±" in text
+    assert "2/3" in text  # the failed cell counts as planned, not as done
+    assert "3 of 18 cells did not complete" in text
+    assert str(report) in text.replace("\n", "")
+
+
+def test_three_models_ask_the_registry_by_name_not_label(tmp_path, study_factory, monkeypatch):
+    import cnnvit.report.sections as sections
+
+    asked = {}
+
+    def families(names):  # stands in for the registry (which would import torch and timm)
+        asked.update(names)
+        return {"Big CNN": "cnn", "Small CNN": "cnn", "ViT": "vit"}
+
+    monkeypatch.setattr(sections, "model_families", families)
+    models = [("Big CNN", "resnet18_cifar"), ("Small CNN", "resnet_mini"), ("ViT", "vit_mini")]
+    page = write_report(study_factory(tmp_path / "s", models=models)).read_text()
+    assert asked == {"Big CNN": "resnet18_cifar", "Small CNN": "resnet_mini", "ViT": "vit_mini"}
+    assert "Ranking at 960 training images:" in page
+    assert "Head to head, " in page and " against ViT:" in page
