@@ -25,6 +25,7 @@ RESULT_COLUMNS = [
     "model",
     "fraction",
     "num_train_images",
+    "num_val_images",
     "seed",
     "trainable_blocks",
     "status",
@@ -65,7 +66,17 @@ _RESULT_KEYS = {
     "peak_memory_mb": "peak_memory_mb",
     "epochs_completed": "epochs_completed",
     "num_train_images": "num_train_images",
+    "num_val_images": "num_val_images",
 }
+
+
+_COUNT_COLUMNS = (
+    "num_train_images",
+    "num_val_images",
+    "params_total",
+    "params_trainable",
+    "epochs_completed",
+)
 
 
 class StudyFolderError(ValueError):
@@ -210,7 +221,7 @@ def collect_results(study_dir: Path | str, info: StudyInfo | None = None) -> pd.
     frame["trainable_blocks"] = frame["trainable_blocks"].astype("Int64")
     for col in ("seed",):
         frame[col] = frame[col].astype("int64")
-    for col in ("num_train_images", "params_total", "params_trainable", "epochs_completed"):
+    for col in _COUNT_COLUMNS:
         frame[col] = frame[col].astype("Int64")
     return frame
 
@@ -233,7 +244,7 @@ def _result_row(cell: CellSpec) -> dict[str, Any]:
     # the last epoch's validation accuracy.
     final = _number(res.get("final_top1"))
     row["final_val_top1"] = final if not math.isnan(final) else _number(res.get("final_val_acc"))
-    for col in ("num_train_images", "params_total", "params_trainable", "epochs_completed"):
+    for col in _COUNT_COLUMNS:
         row[col] = None if math.isnan(row[col]) else int(row[col])
     return row
 

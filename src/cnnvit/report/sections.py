@@ -96,6 +96,7 @@ def render_header(ctx: ReportContext) -> Markup:
         ("Dataset", _dataset(ctx)),
         ("Models", _model_names(ctx)),
         ("Training sizes", _sizes(ctx)),
+        ("Validation", _validation(ctx)),
         ("Seeds", ", ".join(str(s) for s in dict.fromkeys(c.seed for c in info.cells))),
         ("Device", _distinct(envs, "device_name", "device") or "unknown (no run started)"),
         ("Precision", _distinct(envs, "dtype") or "unknown"),
@@ -140,6 +141,13 @@ def _sizes(ctx: ReportContext) -> str:
         n = images.get(f, np.nan)
         out.append(f"{f:g}" + ("" if pd.isna(n) else f" ({int(n):,} images)"))
     return ", ".join(out)
+
+
+def _validation(ctx: ReportContext) -> str:
+    counts = ctx.data.results["num_val_images"].dropna().unique()
+    if len(counts) == 0:
+        return "unknown (no run finished)"
+    return ", ".join(f"{int(n):,}" for n in sorted(counts)) + " images"
 
 
 def _distinct(envs: dict[str, dict], *keys: str) -> str:

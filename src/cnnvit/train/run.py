@@ -66,6 +66,7 @@ class Session:
     generator: torch.Generator
     start_epoch: int = 1
     history: list[dict] = field(default_factory=list)
+    last_val: tuple[torch.Tensor, torch.Tensor] | None = None  # logits (N, C), labels (N,)
 
 
 # --- public entry points ------------------------------------------------------------------
@@ -207,6 +208,7 @@ def _train_epochs(s: Session, results: dict) -> None:
             "peak_memory_mb": peak.peak_mb(),
         }
         s.history.append(row)
+        s.last_val = (logits, labels)
         _write_epochs(s.run_dir, s.history)
         if cfg.output.checkpoint:
             save_checkpoint(s.run_dir, epoch, s.model, _training_state(s, epoch))
@@ -229,10 +231,14 @@ def _training_state(s: Session, epoch: int) -> dict:
 
 
 def _final_evaluation(s: Session) -> dict:
-    with progress_bar(s.cfg.train.progress) as progress:
-        logits, labels = predict_logits(
-            s.model, s.data.val, s.data.eval_transform, runtime=s.runtime, progress=progress
-        )
+    """Metrics of the final weights: the last epoch's validation pass, or a new one on resume."""
+    if s.last_val is not None:
+        logits, labels = s.last_val
+    else:
+        with progress_bar(s.cfg.train.progress) as progress:
+            logits, labels = predict_logits(
+                s.model, s.data.val, s.data.eval_transform, runtime=s.runtime, progress=progress
+            )
     return write_evaluation(s.run_dir, logits, labels, s.data.classes)
 
 
