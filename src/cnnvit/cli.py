@@ -24,6 +24,18 @@ SHORTCUTS = {
 }
 
 
+def _add_set_option(p: argparse.ArgumentParser, example: str) -> None:
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override any config key, e.g. --set {example} (repeatable)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config", type=Path, help="YAML file with data/model/optim/train/output sections"
@@ -36,15 +48,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any config key, e.g. --set optim.lr=3e-4 (repeatable)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_set_option(p, "optim.lr=3e-4")
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -191,15 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="run a whole study (models x sizes x seeds) and its report")
     p.add_argument("study", nargs="?", type=Path, help="study YAML (default: the built-in study)")
     p.add_argument("--out", type=Path, help="study folder (default: runs/<study name>)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a study key, e.g. --set recipe.train.epochs=3 (repeatable)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_set_option(p, "recipe.train.epochs=3")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("report", help="rebuild a study's report from its run folders")

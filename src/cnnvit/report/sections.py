@@ -31,6 +31,7 @@ from cnnvit.report.verdict import (
     METHOD_NOTE,
     Crossing,
     find_crossings,
+    format_seconds,
     head_to_head,
     model_families,
     verdict,
@@ -498,13 +499,7 @@ def _params(p: float) -> str:
 
 
 def _secs(s: float) -> str:
-    if _missing(s):
-        return "—"
-    if s < 100:
-        return f"{s:.1f} s"
-    if s < 6000:
-        return f"{s / 60:.1f} min"
-    return f"{s / 3600:.2f} h"
+    return "—" if _missing(s) else format_seconds(s)
 
 
 def _mb(mb: float) -> str:

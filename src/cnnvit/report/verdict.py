@@ -305,8 +305,8 @@ def _cost_sentence(group: pd.DataFrame, a: str, b: str) -> str | None:
         return None
     (cheap, rc), rd = ((a, ra), rb) if ta < tb else ((b, rb), ra)
     sentence = (
-        f"{cheap} is cheaper to train: {_secs(rc['train_seconds'])} against "
-        f"{_secs(rd['train_seconds'])} of training at {size} "
+        f"{cheap} is cheaper to train: {format_seconds(rc['train_seconds'])} against "
+        f"{format_seconds(rd['train_seconds'])} of training at {size} "
         f"({rd['train_seconds'] / rc['train_seconds']:.1f}× faster)"
     )
     clauses = [
@@ -419,12 +419,13 @@ def _seeds(n_a: int, n_b: int) -> str:
     return f"{n_a} and {n_b} seeds"
 
 
-def _secs(s: float) -> str:
-    if s < 120:
+def format_seconds(s: float) -> str:
+    """Seconds for people: '12.3 s', '4.5 min', '2.1 h'."""
+    if s < 100:
         return f"{s:.1f} s"
-    if s < 7200:
+    if s < 6000:
         return f"{s / 60:.1f} min"
-    return f"{s / 3600:.1f} h"
+    return f"{s / 3600:.2f} h"
 
 
 def _mb(mb: float) -> str:
