@@ -232,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(
-            "interrupted; the last complete epoch is checkpointed (resume with --resume DIR)",
+            "interrupted; every finished epoch is checkpointed: run the same `cnnvit compare` "
+            "again, or `cnnvit train --resume DIR`, to continue",
             file=sys.stderr,
         )
         return 130

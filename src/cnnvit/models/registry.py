@@ -20,10 +20,7 @@ that needs arbitrary pickled objects is refused, never unpickled.
 from __future__ import annotations
 
 import difflib
-import os
-import socket
 import sys
-import threading
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -34,6 +31,7 @@ import torch.nn as nn
 from timm.models import get_pretrained_cfg, is_model, split_model_name_tag
 
 from cnnvit.models import resnet_cifar, vit_small
+from cnnvit.net import offline_reason, unreachable
 
 __all__ = [
     "ModelError",
@@ -310,45 +308,17 @@ def _create_pretrained(name: str, model_kwargs: dict[str, Any]) -> nn.Module:
     )
 
 
-def _offline() -> bool:
-    from huggingface_hub import constants
-
-    env = os.environ.get("HF_HUB_OFFLINE", "") or os.environ.get("TRANSFORMERS_OFFLINE", "")
-    return constants.is_offline_mode() or env.strip().upper() in ("1", "ON", "YES", "TRUE")
-
-
 def _hub_reachable(cfg: Any) -> bool:
-    """Whether the weights' host answers a TCP connect within a few seconds (False offline)."""
-    if _offline():
+    """Whether the weights' host answers within a few seconds (False when offline)."""
+    if offline_reason() is not None:
         return False
     if cfg.hf_hub_id:
         from huggingface_hub import constants
 
-        url = constants.ENDPOINT
-    else:
-        url = cfg.url or ""
-    parsed = urlparse(url)
-    if not parsed.hostname:
-        return False
-    port = parsed.port or (80 if parsed.scheme == "http" else 443)
-    return _tcp_probe(parsed.hostname, port, _HUB_PROBE_TIMEOUT_S)
-
-
-def _tcp_probe(host: str, port: int, timeout: float) -> bool:
-    # DNS resolution ignores socket timeouts and can block for long; probe in a daemon thread.
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=timeout):
-                result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
+        if constants.is_offline_mode():
+            return False
+        return unreachable(constants.ENDPOINT, _HUB_PROBE_TIMEOUT_S) is None
+    return bool(cfg.url) and unreachable(cfg.url, _HUB_PROBE_TIMEOUT_S) is None
 
 
 def _cached_weights(cfg: Any) -> Path | None:

@@ -10,8 +10,6 @@ from cnnvit.data.types import DataError
 # The folder that holds downloaded or extracted data when no data root is given.
 DEFAULT_CACHE = Path("~/.cache/cnnvit")
 
-_TRUE = {"1", "true", "yes", "on"}
-
 
 def data_root(root: Path | None) -> Path | None:
     """The data folder: the ``root`` argument, else ``$CNNVIT_DATA``, else None."""
@@ -25,14 +23,6 @@ def cache_dir(name: str, root: Path | None) -> Path:
     """Where a dataset ``name`` is downloaded or extracted to: ROOT/name or ~/.cache/cnnvit/name."""
     base = data_root(root)
     return (base if base is not None else DEFAULT_CACHE.expanduser()) / name
-
-
-def offline() -> str | None:
-    """The environment variable that forbids network access, or None when it is allowed."""
-    for var in ("CNNVIT_OFFLINE", "HF_HUB_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in _TRUE:
-            return var
-    return None
 
 
 def require_path(path: Path | None, name: str, example: str) -> Path:

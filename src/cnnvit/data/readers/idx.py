@@ -28,20 +28,18 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import socket
 import tempfile
-import threading
 import time
 import urllib.request
 import zlib
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import numpy as np
 from torchvision.datasets import MNIST, FashionMNIST
 
-from cnnvit.data.readers._common import cache_dir, data_root, offline
+from cnnvit.data.readers._common import cache_dir, data_root
 from cnnvit.data.types import ArraySource, DataError, DatasetSplits
+from cnnvit.net import offline_reason, unreachable
 
 # Module-level so tests (and unusual installs) can point them elsewhere.
 DEBIAN_DIR = Path("/usr/share/datasets")
@@ -196,7 +194,7 @@ def read_idx(path: Path) -> np.ndarray:
 
 def _download(name: str, dest: Path) -> str | None:
     """Download the idx files into ``dest``; None on success, else why it did not happen."""
-    var = offline()
+    var = offline_reason()
     if var:
         return f"skipped ({var} is set)"
     # Until one mirror answers, all attempts share CONNECT_BUDGET, so a machine without network
@@ -221,7 +219,8 @@ def _fetch(url: str, target: Path, md5: str, timeout: float) -> None:
     """Download ``url`` to ``target`` atomically, checking its MD5; a valid file is kept."""
     if target.is_file() and _md5(target) == md5:
         return
-    _check_resolves(url, timeout)
+    if (err := unreachable(url, timeout)) is not None:
+        raise err
     with urllib.request.urlopen(url, timeout=timeout) as response:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
@@ -236,26 +235,6 @@ def _fetch(url: str, target: Path, md5: str, timeout: float) -> None:
             os.replace(tmp, target)  # atomic: a reader never sees a half-written file
         finally:
             Path(tmp).unlink(missing_ok=True)
-
-
-def _check_resolves(url: str, timeout: float) -> None:
-    """Resolve the host with a time limit: getaddrinfo ignores socket timeouts and can hang."""
-    parts = urlsplit(url)
-    outcome: list[object] = []
-
-    def resolve() -> None:
-        try:
-            outcome.append(socket.getaddrinfo(parts.hostname, parts.port or 80))
-        except OSError as err:
-            outcome.append(err)
-
-    thread = threading.Thread(target=resolve, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if not outcome:
-        raise TimeoutError(f"cannot resolve {parts.hostname} within {timeout:.1f} s")
-    if isinstance(outcome[0], OSError):
-        raise outcome[0]
 
 
 def _md5(path: Path) -> str:
