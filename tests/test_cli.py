@@ -67,3 +67,18 @@ def test_evaluate_without_a_run_or_weights_explains(capsys):
 def test_resume_of_a_non_run_folder_is_refused(tmp_path: Path, capsys):
     assert main(["train", "--resume", str(tmp_path)]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_models_lists_every_builtin_with_count_and_origin(capsys):
+    from cnnvit.models import create_model, list_builtin_models
+    from cnnvit.models.registry import describe_builtin_models
+
+    rows = {r["name"]: r for r in describe_builtin_models()}
+    assert set(rows) == set(list_builtin_models())
+    assert all(r["description"] for r in rows.values())
+    for name in ("resnet_mini", "vit_mini"):
+        model = create_model(name, num_classes=10)
+        assert rows[name]["params"] == sum(p.numel() for p in model.parameters())
+    assert main(["models"]) == 0
+    err = capsys.readouterr().err
+    assert "308,826" in err and "seed 004" in err

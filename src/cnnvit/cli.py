@@ -135,10 +135,21 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     import timm
 
-    from cnnvit.models.registry import list_builtin_models
+    from cnnvit.models.registry import describe_builtin_models
 
-    names = list_builtin_models() if not args.all else timm.list_models(args.filter or "*")
-    print("\n".join(names))
+    if args.all:
+        print("\n".join(timm.list_models(args.filter or "*")))
+        return 0
+    from rich.table import Table
+
+    from cnnvit.ui import console
+
+    table = Table(title="cnnvit built-in models (parameters with 10 classes, 3 channels)")
+    for column in ("name", "family", "parameters", "from"):
+        table.add_column(column, justify="right" if column == "parameters" else "left")
+    for row in describe_builtin_models():
+        table.add_row(row["name"], row["family"], f"{row['params']:,}", row["description"])
+    console.print(table)
     return 0
 
 

@@ -64,6 +64,27 @@ def list_builtin_models() -> list[str]:
     return sorted(timm.list_models(module=list(_BUILTIN_MODULES)))
 
 
+def describe_builtin_models() -> list[dict[str, Any]]:
+    """Name, family, parameter count (10 classes, 3 channels) and origin of each built-in.
+
+    Models are built on the meta device: the count needs shapes, not memory or initialisation.
+    """
+    rows = []
+    for name in list_builtin_models():
+        with torch.device("meta"):
+            model = timm.create_model(name, num_classes=10)
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        rows.append(
+            {
+                "name": name,
+                "family": model_family(model),
+                "params": sum(p.numel() for p in model.parameters()),
+                "description": cfg.get("description") or "",
+            }
+        )
+    return rows
+
+
 def create_model(
     name: str,
     *,

@@ -72,8 +72,18 @@ class CifarResNet(ResNet):
 
 default_cfgs = generate_default_cfgs(
     {
-        "resnet18_cifar": cifar_cfg(first_conv="conv1", classifier="fc", pool_size=(4, 4)),
-        "resnet_mini": cifar_cfg(first_conv="conv1", classifier="fc", pool_size=(4, 4)),
+        "resnet18_cifar": cifar_cfg(
+            first_conv="conv1",
+            classifier="fc",
+            pool_size=(4, 4),
+            description="seed 004: ResNet-18 with a 3x3 stride-1 stem, no max-pool (CIFAR)",
+        ),
+        "resnet_mini": cifar_cfg(
+            first_conv="conv1",
+            classifier="fc",
+            pool_size=(4, 4),
+            description="cnnvit: a CPU-sized CIFAR-style ResNet, matched to vit_mini",
+        ),
     }
 )
 

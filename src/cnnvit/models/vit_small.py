@@ -24,10 +24,16 @@ default_cfgs = generate_default_cfgs(
     {
         # fixed_input_size tells timm the model takes img_size (default: input_size[-2:])
         "vit_small_data": cifar_cfg(
-            first_conv="patch_embed.proj", classifier="head", fixed_input_size=True
+            first_conv="patch_embed.proj",
+            classifier="head",
+            fixed_input_size=True,
+            description="seed 004: small-data ViT, patch 4, depth 6, 8 heads of 64, MLP 512",
         ),
         "vit_mini": cifar_cfg(
-            first_conv="patch_embed.proj", classifier="head", fixed_input_size=True
+            first_conv="patch_embed.proj",
+            classifier="head",
+            fixed_input_size=True,
+            description="cnnvit: a CPU-sized ViT, matched to resnet_mini",
         ),
     }
 )
