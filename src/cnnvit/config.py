@@ -34,6 +34,14 @@ class AugmentConfig(StrictModel):
     crop_padding: int = Field(4, ge=0, description="random crop after zero padding; 0 = off")
     hflip: bool = Field(True, description="random horizontal flip (p=0.5)")
     rotation_degrees: float = Field(0.0, ge=0, le=180, description="random rotation ±degrees")
+    # Mixup / CutMix (cnnvit.data.mix): batch-level, they need the labels, so they run in the
+    # training loop after this transform; validation never mixes.
+    mixup_alpha: float = Field(0.0, ge=0, description="mixup Beta(α, α); 0 = off (0.8 usual)")
+    cutmix_alpha: float = Field(0.0, ge=0, description="cutmix Beta(α, α); 0 = off (1.0 usual)")
+    mix_prob: float = Field(1.0, ge=0, le=1, description="chance that a sample is mixed at all")
+    switch_prob: float = Field(
+        0.5, ge=0, le=1, description="chance of cutmix rather than mixup when both are on"
+    )
 
 
 class DataConfig(StrictModel):
@@ -101,6 +109,13 @@ class TrainConfig(StrictModel):
     compile: bool = False
     threads: int | None = Field(None, gt=0, description="CPU threads for torch")
     progress: bool = True
+    ema_decay: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="keep an EMA of the weights (e.g. 0.9998) and evaluate it; None = off",
+    )
+    ema_warmup: bool = Field(False, description="ramp the EMA decay up from 0 (timm's warmup)")
 
 
 class OutputConfig(StrictModel):

@@ -11,9 +11,11 @@ import torch
 import torch.nn.functional as F
 from rich.progress import Progress
 from timm.scheduler.scheduler import Scheduler
+from timm.utils import ModelEmaV3
 
 from cnnvit.data.augment import BatchTransform
 from cnnvit.data.loaders import Loader
+from cnnvit.data.mix import BatchMix
 from cnnvit.train.runtime import Runtime
 
 # How often the loop reads the running loss back from the device: every read is a sync, and a
@@ -41,7 +43,15 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def make_loss(label_smoothing: float) -> LossFn:
+    """Cross-entropy on class indices (B,) with smoothing, or on soft targets (B, num_classes).
+
+    Soft targets come from mixup/cutmix (cnnvit.data.mix), which already folds the smoothing
+    into them as timm's ``mixup_target`` does; smoothing them again would smooth twice.
+    """
+
     def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if labels.is_floating_point():  # (B, num_classes) probabilities
+            return F.cross_entropy(logits.float(), labels)
         return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
 
     return loss_fn
@@ -56,6 +66,22 @@ def _to_input(
     return x
 
 
+def _mixed_input(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    transform: BatchTransform,
+    mix: BatchMix,
+    runtime: Runtime,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Augmented, mixed input; soft targets (B, num_classes); dominant labels (B,)."""
+    out = mix(transform(images, gen), labels, gen)
+    x = out.images
+    if runtime.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, out.targets, out.dominant
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     loader: Loader,
@@ -68,10 +94,18 @@ def train_one_epoch(
     generator: torch.Generator,
     first_step: int,
     grad_clip: float | None = None,
+    mix: BatchMix | None = None,
+    ema: ModelEmaV3 | None = None,
     progress: Progress | None = None,
     label: str = "train",
 ) -> EpochStats:
-    """Train for one pass over ``loader``; raise DivergedError on a non-finite loss."""
+    """Train for one pass over ``loader``; raise DivergedError on a non-finite loss.
+
+    With ``mix``, each batch is mixed after augmentation and the loss takes soft targets; the
+    train accuracy then counts a prediction as right when it is the dominant (larger-weight)
+    original label of the mixed image. With ``ema``, the EMA is updated after every optimizer
+    step, with the global step so that a warmup schedule continues across a resume.
+    """
     model.train()
     device = runtime.device
     loss_sum = torch.zeros((), device=device)
@@ -81,15 +115,21 @@ def train_one_epoch(
     start = time.perf_counter()
     for i, (images, labels) in enumerate(loader):
         scheduler.step_update(first_step + i + 1)
-        x = _to_input(images, transform, runtime, generator)
+        if mix is None:
+            x = _to_input(images, transform, runtime, generator)
+            targets = labels  # (B,)
+        else:
+            x, targets, labels = _mixed_input(images, labels, transform, mix, runtime, generator)
         with runtime.autocast_context():
             logits = model(x)  # (B, num_classes)
-        loss = loss_fn(logits, labels)
+        loss = loss_fn(logits, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
+        if ema is not None:
+            ema.update(getattr(model, "_orig_mod", model), step=first_step + i + 1)
         loss_sum += loss.detach() * len(labels)
         correct += (logits.detach().argmax(1) == labels).sum()
         seen += len(labels)
