@@ -53,4 +53,6 @@ def evaluate_run(run_dir: Path) -> dict:
         raise FileNotFoundError(
             f"{run_dir} has no checkpoint to evaluate (looked in {run_dir}/checkpoints)"
         )
-    return evaluate_config(cfg, ckpt.weights, run_dir)
+    # A run that keeps an EMA is evaluated on it, as its training run's final evaluation was.
+    weights = ckpt.ema_weights if ckpt.ema_weights is not None else ckpt.weights
+    return evaluate_config(cfg, weights, run_dir)

@@ -3,6 +3,7 @@
 Layout under a run folder::
 
     checkpoints/epoch-0003/model.safetensors   weights (safe to load anywhere)
+    checkpoints/epoch-0003/ema.safetensors     EMA of the weights, when the run keeps one
     checkpoints/epoch-0003/state.pt            optimiser, scheduler, RNG states (tensors and
                                                plain containers only: loads with weights_only)
     checkpoints/latest.json                    {"epoch": 3, "path": "epoch-0003"}
@@ -26,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 CHECKPOINT_DIR = "checkpoints"
 WEIGHTS = "model.safetensors"
+EMA_WEIGHTS = "ema.safetensors"
 STATE = "state.pt"
 LATEST = "latest.json"
 
@@ -35,6 +37,7 @@ class Checkpoint:
     epoch: int
     weights: dict[str, torch.Tensor]
     state: dict[str, Any]
+    ema_weights: dict[str, torch.Tensor] | None = None
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -53,14 +56,20 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(
-    run_dir: Path, epoch: int, model: torch.nn.Module, state: dict[str, Any]
+    run_dir: Path,
+    epoch: int,
+    model: torch.nn.Module,
+    state: dict[str, Any],
+    ema_model: torch.nn.Module | None = None,
 ) -> Path:
-    """Write epoch ``epoch`` atomically and drop older checkpoints."""
+    """Write epoch ``epoch`` atomically and drop older checkpoints; ``ema_model``: the EMA copy."""
     root = Path(run_dir) / CHECKPOINT_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"epoch-{epoch:04d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
     save_file(model_state(model), tmp / WEIGHTS, metadata={"epoch": str(epoch)})
+    if ema_model is not None:
+        save_file(model_state(ema_model), tmp / EMA_WEIGHTS, metadata={"epoch": str(epoch)})
     torch.save(state, tmp / STATE)
     if final.exists():
         shutil.rmtree(final)
@@ -88,4 +97,7 @@ def load_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu") -> 
     weights = load_file(folder / WEIGHTS, device=str(map_location))
     # weights_only: the state holds tensors, numbers and dicts; nothing else may be unpickled.
     state = torch.load(folder / STATE, map_location=map_location, weights_only=True)
-    return Checkpoint(epoch=int(state["epoch"]), weights=weights, state=state)
+    ema = None
+    if (folder / EMA_WEIGHTS).is_file():
+        ema = load_file(folder / EMA_WEIGHTS, device=str(map_location))
+    return Checkpoint(epoch=int(state["epoch"]), weights=weights, state=state, ema_weights=ema)

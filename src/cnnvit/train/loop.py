@@ -119,6 +119,7 @@ def train_one_epoch(
             x = _to_input(images, transform, runtime, generator)
             targets = labels  # (B,)
         else:
+            # labels becomes the dominant label of each mixed image: accuracy is counted on it.
             x, targets, labels = _mixed_input(images, labels, transform, mix, runtime, generator)
         with runtime.autocast_context():
             logits = model(x)  # (B, num_classes)

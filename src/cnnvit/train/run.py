@@ -6,7 +6,10 @@ The run folder is the interface to every later stage::
     environment.json    versions, device, dtype, git revision, seed
     epochs.csv          one row per finished epoch
     checkpoints/        the last complete epoch (see cnnvit.train.checkpoint)
-    results.json        status (running/completed/diverged/failed) and summary figures
+    results.json        status (running/completed/diverged/failed) and summary figures;
+                        ``evaluated_weights`` says whether validation (every epoch's val_loss
+                        and val_acc, and the final evaluation) used the live weights ("model")
+                        or their EMA ("ema", with ``train.ema_decay``)
     skipped.csv         image files that could not be decoded, with the reason
     metrics.json        final evaluation (see cnnvit.evaluate)
     predictions.parquet one row per validation image
@@ -22,9 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from timm.utils import ModelEmaV3
 
 from cnnvit.assemble import assemble
 from cnnvit.config import RunConfig, dump_yaml, load_run_config
+from cnnvit.data.mix import BatchMix
 from cnnvit.data.pipeline import PreparedData
 from cnnvit.evaluate.run import write_evaluation
 from cnnvit.models.surgery import count_parameters
@@ -64,6 +69,7 @@ class Session:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     generator: torch.Generator
+    ema: ModelEmaV3 | None = None  # EMA of the weights; validated instead of the model
     start_epoch: int = 1
     history: list[dict] = field(default_factory=list)
     last_val: tuple[torch.Tensor, torch.Tensor] | None = None  # logits (N, C), labels (N,)
@@ -135,6 +141,9 @@ def _open_session(cfg: RunConfig, run_dir: Path, *, resume: bool) -> Session:
         optimizer, cfg.optim, steps_per_epoch=len(data.train), epochs=cfg.train.epochs
     )
     session = Session(cfg, run_dir, runtime, data, model, optimizer, scheduler, generator)
+    if cfg.train.ema_decay is not None:
+        # Built from the uncompiled model (compile wraps it below); same device and dtype.
+        session.ema = ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=cfg.train.ema_warmup)
     # Only now, with data and model known to be good, does the run folder appear.
     run_dir.mkdir(parents=True, exist_ok=True)
     console.print(f"run folder: {run_dir}")
@@ -157,6 +166,10 @@ def _restore(session: Session) -> None:
         _write_epochs(session.run_dir, [])
         return
     session.model.load_state_dict(ckpt.weights)
+    if session.ema is not None:
+        if ckpt.ema_weights is None:
+            raise RunFolderError(f"{session.run_dir}: the config keeps an EMA, the checkpoint not")
+        session.ema.module.load_state_dict(ckpt.ema_weights)
     session.optimizer.load_state_dict(ckpt.state["optimizer"])
     session.scheduler.load_state_dict(ckpt.state["scheduler"])
     session.generator.set_state(ckpt.state["generator"])
@@ -173,6 +186,9 @@ def _restore(session: Session) -> None:
 def _train_epochs(s: Session, results: dict) -> None:
     cfg = s.cfg
     loss_fn, val_loss_fn = make_loss(cfg.optim.label_smoothing), make_loss(0.0)
+    mix = BatchMix.from_config(
+        s.data.train_transform.augment, s.data.num_classes, cfg.optim.label_smoothing
+    )
     peak = PeakMemory(s.runtime.device)
     steps = len(s.data.train)
     _write_results(s.run_dir, results)
@@ -190,11 +206,17 @@ def _train_epochs(s: Session, results: dict) -> None:
                 generator=s.generator,
                 first_step=(epoch - 1) * steps,
                 grad_clip=cfg.optim.grad_clip,
+                mix=mix,
+                ema=s.ema,
                 progress=progress,
                 label=f"epoch {epoch}/{cfg.train.epochs}",
             )
             logits, labels = predict_logits(
-                s.model, s.data.val, s.data.eval_transform, runtime=s.runtime, progress=progress
+                _evaluated(s),
+                s.data.val,
+                s.data.eval_transform,
+                runtime=s.runtime,
+                progress=progress,
             )
         row = {
             "epoch": epoch,
@@ -211,7 +233,8 @@ def _train_epochs(s: Session, results: dict) -> None:
         s.last_val = (logits, labels)
         _write_epochs(s.run_dir, s.history)
         if cfg.output.checkpoint:
-            save_checkpoint(s.run_dir, epoch, s.model, _training_state(s, epoch))
+            ema_model = s.ema.module if s.ema is not None else None
+            save_checkpoint(s.run_dir, epoch, s.model, _training_state(s, epoch), ema_model)
         _print_epoch(row, cfg.train.epochs)
         results.update(_summary(s))
         _write_results(s.run_dir, results)
@@ -237,9 +260,18 @@ def _final_evaluation(s: Session) -> dict:
     else:
         with progress_bar(s.cfg.train.progress) as progress:
             logits, labels = predict_logits(
-                s.model, s.data.val, s.data.eval_transform, runtime=s.runtime, progress=progress
+                _evaluated(s),
+                s.data.val,
+                s.data.eval_transform,
+                runtime=s.runtime,
+                progress=progress,
             )
     return write_evaluation(s.run_dir, logits, labels, s.data.classes)
+
+
+def _evaluated(s: Session) -> torch.nn.Module:
+    """The weights that validation and the final evaluation use: the EMA when there is one."""
+    return s.ema.module if s.ema is not None else s.model
 
 
 # --- results and logs ---------------------------------------------------------------------------
@@ -262,6 +294,7 @@ def _base_results(s: Session) -> dict:
         "params_total": total,
         "params_trainable": trainable,
         "epochs_planned": s.cfg.train.epochs,
+        "evaluated_weights": "ema" if s.ema is not None else "model",
         **_summary(s),
     }
 
