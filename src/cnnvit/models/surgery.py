@@ -80,7 +80,7 @@ def freeze_all_but_last_blocks(model: nn.Module, k: int | None) -> None:
         ModelError: ``k`` is negative or larger than the number of blocks (the message gives it),
             or the model's blocks cannot be identified.
     """
-    unfreeze_batch_norm_2d(model)  # undo an earlier call: freezing is a function of k only
+    _unfreeze_batch_norms(model)  # undo an earlier call: freezing is a function of k only
     if k is None:
         model.requires_grad_(True)
         return
@@ -105,7 +105,9 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     """
     total = sum(p.numel() for p in model.parameters())
     total += sum(
-        m.weight.numel() + m.bias.numel() for m in model.modules() if isinstance(m, _FROZEN_BN)
+        m.weight.numel() + m.bias.numel()
+        for m in model.modules()
+        if isinstance(m, _FROZEN_BN) and getattr(m, "affine", True)
     )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return total, trainable
@@ -189,4 +191,33 @@ def _freeze_batch_norms(model: nn.Module, trainable: list[nn.Module]) -> None:
         if isinstance(child, (nn.BatchNorm2d, nn.SyncBatchNorm)) and id(child) not in keep
     ]
     for parent, name, child in swaps:
-        setattr(parent, name, freeze_batch_norm_2d(child))
+        frozen = freeze_batch_norm_2d(child)
+        if not child.affine:
+            # A non-affine BatchNorm (GResNet's split normalisation) has no weight/bias; the
+            # frozen one's constant ones/zeros stay out of the state dict, so keys are unchanged.
+            frozen._non_persistent_buffers_set.update(("weight", "bias"))
+        setattr(parent, name, frozen)
+
+
+def _unfreeze_batch_norms(model: nn.Module) -> None:
+    """timm's ``unfreeze_batch_norm_2d``, keeping non-affine BatchNorms non-affine (timm always
+    rebuilds an affine one)."""
+    non_affine = [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if isinstance(child, _FROZEN_BN) and not getattr(child, "affine", True)
+    ]
+    unfreeze_batch_norm_2d(model)
+    for parent, name, frozen in non_affine:
+        bn = nn.BatchNorm2d(
+            frozen.num_features,
+            eps=frozen.eps,
+            affine=False,
+            device=frozen.running_mean.device,
+            dtype=frozen.running_mean.dtype,
+        )
+        bn.running_mean.copy_(frozen.running_mean)
+        bn.running_var.copy_(frozen.running_var)
+        bn.train(frozen.training)
+        setattr(parent, name, bn)
