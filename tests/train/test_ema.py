@@ -16,7 +16,6 @@ from cnnvit.config import ModelConfig, OptimConfig, TrainConfig, load_run_config
 from cnnvit.data.augment import BatchTransform
 from cnnvit.evaluate.run import evaluate_run
 from cnnvit.models.build import build_model
-from cnnvit.train import run as run_module
 from cnnvit.train.checkpoint import latest_checkpoint_dir, load_checkpoint
 from cnnvit.train.loop import make_loss, train_one_epoch
 from cnnvit.train.optim import build_optimizer, build_scheduler
@@ -121,21 +120,11 @@ def test_recipe_run_learns_and_evaluates_the_ema(recipe_run: Path):
     assert metrics["top1"] == pytest.approx(results["final_val_acc"])
 
 
-def test_resume_with_ema_and_mixing_is_exact(recipe_run: Path, tmp_path: Path, monkeypatch):
-    real = run_module.train_one_epoch
-    calls = {"n": 0}
-
-    def crash_in_second_epoch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(run_module, "train_one_epoch", crash_in_second_epoch)
+def test_resume_with_ema_and_mixing_is_exact(
+    recipe_run: Path, tmp_path: Path, interrupt_in_second_epoch
+):
     out = tmp_path / "b"
-    with pytest.raises(KeyboardInterrupt):
-        train(_cfg(out))
+    interrupt_in_second_epoch(lambda: train(_cfg(out)))
     assert load_checkpoint(out).ema_weights is not None
-    monkeypatch.setattr(run_module, "train_one_epoch", real)
     assert resume(out)["status"] == "completed"
     assert _rows(out) == _rows(recipe_run)

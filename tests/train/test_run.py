@@ -77,24 +77,12 @@ def test_run_folder_holds_everything(finished_run: Path):
 
 
 def test_same_seed_same_numbers_and_resume_is_exact(
-    finished_run: Path, tmp_path: Path, monkeypatch
+    finished_run: Path, tmp_path: Path, interrupt_in_second_epoch
 ):
-    real = run_module.train_one_epoch
-    calls = {"n": 0}
-
-    def crash_in_second_epoch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(run_module, "train_one_epoch", crash_in_second_epoch)
     out = tmp_path / "b"
-    with pytest.raises(KeyboardInterrupt):
-        train(_cfg(out))
+    interrupt_in_second_epoch(lambda: train(_cfg(out)))
     assert json.loads((out / "results.json").read_text())["status"] == "failed"
     assert load_checkpoint(out).epoch == 1
-    monkeypatch.setattr(run_module, "train_one_epoch", real)
 
     results = resume(out)
     assert results["status"] == "completed"

@@ -211,13 +211,7 @@ def _train_epochs(s: Session, results: dict) -> None:
                 progress=progress,
                 label=f"epoch {epoch}/{cfg.train.epochs}",
             )
-            logits, labels = predict_logits(
-                _evaluated(s),
-                s.data.val,
-                s.data.eval_transform,
-                runtime=s.runtime,
-                progress=progress,
-            )
+            logits, labels = _validate(s, progress)
         row = {
             "epoch": epoch,
             "train_loss": stats.loss,
@@ -259,14 +253,15 @@ def _final_evaluation(s: Session) -> dict:
         logits, labels = s.last_val
     else:
         with progress_bar(s.cfg.train.progress) as progress:
-            logits, labels = predict_logits(
-                _evaluated(s),
-                s.data.val,
-                s.data.eval_transform,
-                runtime=s.runtime,
-                progress=progress,
-            )
+            logits, labels = _validate(s, progress)
     return write_evaluation(s.run_dir, logits, labels, s.data.classes)
+
+
+def _validate(s: Session, progress) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N, C) and labels (N,) of the validation split, with the evaluated weights."""
+    return predict_logits(
+        _evaluated(s), s.data.val, s.data.eval_transform, runtime=s.runtime, progress=progress
+    )
 
 
 def _evaluated(s: Session) -> torch.nn.Module:
