@@ -1,7 +1,7 @@
 """Every model the registry creates meets timm's model contract (one test per property).
 
 Parametrised over the built-ins and two stock timm models, at 32 x 32 with batch 2 (GResNet's
-ImageNet-style configs are checked in test_model_gresnet.py).
+ImageNet-style configs are checked in test_model_gresnet.py, the hybrids in test_model_hybrid.py).
 """
 
 from __future__ import annotations
@@ -17,10 +17,13 @@ from cnnvit.models import create_model, list_builtin_models, model_family
 
 CIFAR_BUILTINS = ["resnet18_cifar", "resnet_mini", "vit_mini", "vit_small_data"]
 GRESNETS = ["gresnet18", "gresnet26", "gresnet50"]  # ImageNet-style (224); run at 32 x 32 here
-BUILTINS = CIFAR_BUILTINS + GRESNETS
+# ImageNet-size hybrids (ViT-B/16, ViT-Ti/16 inside): listed here, run in test_model_hybrid.py at
+# reduced width/depth to keep this file fast
+HYBRIDS = ["hybrid_convblock_vit_base", "hybrid_convblock_vit_tiny"]
+BUILTINS = CIFAR_BUILTINS + GRESNETS + HYBRIDS
 STOCK = ["resnet18", "vit_tiny_patch16_224"]  # timm's own classes, through the same registry
 # gresnet26 differs from gresnet50 only in depth: listed, but not run through the contract
-MODELS = [n for n in BUILTINS if n != "gresnet26"] + STOCK
+MODELS = [n for n in CIFAR_BUILTINS + GRESNETS if n != "gresnet26"] + STOCK
 IMG = 32  # every model under test takes 32 x 32 (vit_tiny_patch16: a 2 x 2 token grid)
 NUM_CLASSES = 7
 

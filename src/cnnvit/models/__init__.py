@@ -6,10 +6,12 @@ works afterwards. Built-ins (one module per family):
 * ``resnet_cifar``: ``resnet18_cifar`` (seed 004's CIFAR ResNet-18), ``resnet_mini``;
 * ``vit_small``: ``vit_small_data`` (seed 004's small-data ViT), ``vit_mini``;
 * ``gresnet``: ``gresnet50``, ``gresnet26``, ``gresnet18`` (seed 003's GResNet, with ablation
-  switches and ``fuse_split_norm`` for inference).
+  switches and ``fuse_split_norm`` for inference);
+* ``hybrid``: ``hybrid_convblock_vit_base``, ``hybrid_convblock_vit_tiny`` (seed 000's conv block
+  in front of ViT-B/16 / ViT-Ti/16).
 """
 
-from cnnvit.models import gresnet, resnet_cifar, vit_small  # noqa: F401  (registers the built-ins)
+from cnnvit.models import gresnet, hybrid, resnet_cifar, vit_small  # noqa: F401  (registers the built-ins)
 from cnnvit.models.registry import (
     ModelError,
     UnknownModelError,

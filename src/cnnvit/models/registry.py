@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 from timm.models import get_pretrained_cfg, is_model, split_model_name_tag
 
-from cnnvit.models import gresnet, resnet_cifar, vit_small
+from cnnvit.models import gresnet, hybrid, resnet_cifar, vit_small
 from cnnvit.net import offline_reason, unreachable
 
 __all__ = [
@@ -46,7 +46,9 @@ Family = Literal["cnn", "vit", "hybrid"]
 
 # Family modules whose @register_model functions are cnnvit built-ins (timm keys them by the
 # module's last name component).
-_BUILTIN_MODULES = tuple(m.__name__.rsplit(".", 1)[-1] for m in (gresnet, resnet_cifar, vit_small))
+_BUILTIN_MODULES = tuple(
+    m.__name__.rsplit(".", 1)[-1] for m in (gresnet, hybrid, resnet_cifar, vit_small)
+)
 _HUB_PROBE_TIMEOUT_S = 3.0
 _WEIGHTS_HINT = "pass a local file instead (config: `model.weights: path/to/model.safetensors`)"
 
