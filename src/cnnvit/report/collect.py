@@ -360,22 +360,17 @@ def read_curves(info: StudyInfo, results: pd.DataFrame) -> pd.DataFrame:
 
 def read_metrics(info: StudyInfo) -> dict[str, dict[str, Any]]:
     """metrics.json of every cell that has one, by cell id."""
-    out = {}
-    for cell in info.cells:
-        metrics = _read_json(cell.run_dir / "metrics.json")
-        if metrics is not None:
-            out[cell.id] = metrics
-    return out
+    return _read_per_cell(info, "metrics.json")
 
 
 def read_environments(info: StudyInfo) -> dict[str, dict[str, Any]]:
     """environment.json of every cell that has one, by cell id."""
-    out = {}
-    for cell in info.cells:
-        env = _read_json(cell.run_dir / "environment.json")
-        if env is not None:
-            out[cell.id] = env
-    return out
+    return _read_per_cell(info, "environment.json")
+
+
+def _read_per_cell(info: StudyInfo, name: str) -> dict[str, dict[str, Any]]:
+    found = {cell.id: _read_json(cell.run_dir / name) for cell in info.cells}
+    return {cell_id: data for cell_id, data in found.items() if data is not None}
 
 
 # --- small readers -------------------------------------------------------------------------
