@@ -153,6 +153,21 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from cnnvit.presets import describe_presets
+    from cnnvit.ui import console
+
+    table = Table(title="recipe presets (preset: NAME in a run config, recipe.preset in a study)")
+    for column in ("name", "reproduces", "sets", "not reproduced"):
+        table.add_column(column)
+    for row in describe_presets():
+        table.add_row(row["name"], row["reproduces"], row["settings"], row["not_covered"] or "-")
+    console.print(table)
+    return 0
+
+
 def cmd_datasets(args: argparse.Namespace) -> int:
     from cnnvit.data.readers import KNOWN_DATASETS
 
@@ -217,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true")
     p.add_argument("--filter", help="wildcard for --all, e.g. 'vit_*'")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("recipes", help="list the seed recipe presets and what they set")
+    p.set_defaults(func=cmd_recipes)
 
     p = sub.add_parser("datasets", help="list the dataset names --data accepts")
     p.set_defaults(func=cmd_datasets)

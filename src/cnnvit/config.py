@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from cnnvit.presets import apply_preset, deep_merge, get_preset
 
 _M = TypeVar("_M", bound=BaseModel)
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
@@ -74,6 +83,10 @@ class FreezeConfig(StrictModel):
     trainable_blocks: int | None = Field(
         None, ge=0, description="train only the last k blocks and the head; None = all"
     )
+    also_trainable: list[str] = Field(
+        default_factory=list,
+        description="modules kept trainable when freezing, e.g. [conv_block] (seed 000 hybrid)",
+    )
 
 
 class ModelConfig(StrictModel):
@@ -126,11 +139,21 @@ class OutputConfig(StrictModel):
 class RunConfig(StrictModel):
     """Everything one training run needs."""
 
+    preset: str | None = Field(
+        None, description="a named seed recipe under this config (see `cnnvit recipes`)"
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str | None) -> str | None:
+        if value is not None:
+            get_preset(value)
+        return value
 
     @model_validator(mode="after")
     def _check_combination(self) -> RunConfig:
@@ -194,7 +217,7 @@ def load_yaml(path: Path) -> dict[str, Any]:
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``section.key=value`` overrides; values are parsed as YAML (``3e-4``, ``[a, b]``)."""
-    out = _deep_copy(data)
+    out = deep_merge({}, data)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
@@ -221,14 +244,11 @@ def _parse_value(raw: str) -> Any:
     return value
 
 
-def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
-
-
 def load_run_config(path: Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """The defaults, updated by a YAML file, updated by ``--set`` overrides, validated."""
+    """The defaults, updated by the config's preset (if any), by a YAML file, by ``--set``
+    overrides, validated."""
     data = load_yaml(path) if path is not None else {}
-    return validate_config(RunConfig, apply_overrides(data, overrides or []))
+    return validate_config(RunConfig, apply_preset(apply_overrides(data, overrides or [])))
 
 
 def dump_yaml(config: BaseModel, path: Path) -> None:

@@ -82,3 +82,23 @@ def test_labels_become_safe_folder_names(tmp_path: Path):
     )
     with pytest.raises(ConfigError, match="clashing"):
         cells(clash, tmp_path)
+
+
+def test_each_model_may_fix_its_own_unfrozen_depth(tmp_path: Path):
+    models = [
+        {"name": "resnet_mini", "freeze": {"trainable_blocks": 2}},
+        {"name": "vit_mini", "freeze": {"trainable_blocks": 3, "also_trainable": ["patch_embed"]}},
+    ]
+    by_model = {c.model: c for c in cells(_study(models=models), tmp_path)}
+    assert by_model["resnet_mini"].config.model.freeze.trainable_blocks == 2
+    vit = by_model["vit_mini"].config.model.freeze
+    assert (vit.trainable_blocks, vit.also_trainable) == (3, ["patch_embed"])
+    # not a grid axis: the two models stay one head-to-head group in the report
+    assert by_model["resnet_mini"].trainable_blocks is None
+    assert by_model["resnet_mini"].id == "resnet_mini-f0.5-s1"  # no -k in the folder name
+
+
+def test_own_depth_and_depth_sweep_do_not_mix():
+    models = [{"name": "resnet_mini", "freeze": {"trainable_blocks": 2}}, "vit_mini"]
+    with pytest.raises(ValueError, match=r"sweeps the unfrozen depth, but \['resnet_mini'\]"):
+        _study(models=models, grid={"trainable_blocks": [1, 2]})

@@ -9,9 +9,11 @@ YAML shape::
     models:
       - resnet_mini
       - {name: vit_mini, optim: {lr: 1.0e-3}}
+      # - {name: resnet101, pretrained: true, freeze: {trainable_blocks: 2}}
     fractions: [0.02, 0.07, 0.25]
     seeds: [0, 1]
     recipe:
+      preset: null                 # or a seed recipe underneath (`cnnvit recipes`)
       optim: {name: adamw, lr: 2.0e-3}
       train: {epochs: 5, batch_size: 128}
     grid:
@@ -31,6 +33,7 @@ from pydantic import Field, field_validator, model_validator
 from cnnvit.config import (
     ConfigError,
     DataConfig,
+    FreezeConfig,
     OptimConfig,
     RunConfig,
     StrictModel,
@@ -39,11 +42,15 @@ from cnnvit.config import (
     load_yaml,
     validate_config,
 )
+from cnnvit.presets import deep_merge, family_of, get_preset
 
 
 class Recipe(StrictModel):
     """The optimisation and training settings every cell starts from."""
 
+    preset: str | None = Field(
+        None, description="a named seed recipe under this one (see `cnnvit recipes`)"
+    )
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
@@ -56,6 +63,11 @@ class StudyModel(StrictModel):
     pretrained: bool = False
     weights: Path | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    freeze: FreezeConfig = Field(
+        default_factory=FreezeConfig,
+        description="this model's own unfrozen depth (seed 000: 2 for ResNet-101, 3 for ViT-B/16)"
+        " and modules kept trainable ([conv_block]); grid.trainable_blocks sweeps depth instead",
+    )
     optim: dict[str, Any] = Field(default_factory=dict, description="overrides of recipe.optim")
     train: dict[str, Any] = Field(default_factory=dict, description="overrides of recipe.train")
 
@@ -79,13 +91,16 @@ class StudyConfig(StrictModel):
     recipe: Recipe = Field(default_factory=Recipe)
     grid: Grid = Field(default_factory=Grid)
 
-    @field_validator("models", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _names_as_models(cls, value: Any) -> Any:
+    def _expand(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        value = dict(value)
         # `models: [resnet_mini, vit_mini]` is shorthand for `[{name: resnet_mini}, ...]`.
-        if isinstance(value, list):
-            return [{"name": v} if isinstance(v, str) else v for v in value]
-        return value
+        if isinstance(value.get("models"), list):
+            value["models"] = [{"name": m} if isinstance(m, str) else m for m in value["models"]]
+        return _expand_preset(value)
 
     @field_validator("fractions")
     @classmethod
@@ -102,7 +117,54 @@ class StudyConfig(StrictModel):
             raise ValueError(f"two models share a label: {labels}; give them distinct `label`s")
         if not self.seeds:
             raise ValueError("seeds must list at least one seed")
+        swept = any(k is not None for k in self.grid.trainable_blocks)
+        fixed = [m.display for m in self.models if m.freeze.trainable_blocks is not None]
+        if swept and fixed:
+            raise ValueError(
+                f"grid.trainable_blocks sweeps the unfrozen depth, but {fixed} fix their own "
+                "freeze.trainable_blocks; use one or the other"
+            )
         return self
+
+
+def _expand_preset(study: dict[str, Any]) -> dict[str, Any]:
+    """Put ``recipe.preset`` under the study's own settings.
+
+    The preset's data part goes under ``data``, its common optim/train parts under ``recipe``;
+    its family parts (seed 001: Adam for the CNN, AdamW for the ViT) become each model's own
+    overrides, for the keys that neither the study's recipe nor the model already sets. Running
+    it twice gives the same study (``study.yaml`` reloads unchanged).
+    """
+    recipe = study.get("recipe")
+    if not isinstance(recipe, dict) or not recipe.get("preset"):
+        return study
+    preset = get_preset(recipe["preset"])
+    common = preset.layer(None)
+    study["data"] = deep_merge(common.get("data", {}), study.get("data") or {})
+    study["recipe"] = {
+        **recipe,
+        "optim": deep_merge(common.get("optim", {}), recipe.get("optim") or {}),
+        "train": deep_merge(common.get("train", {}), recipe.get("train") or {}),
+    }
+    if not preset.by_family or not isinstance(study.get("models"), list):
+        return study
+    models = []
+    for model in study["models"]:
+        if not isinstance(model, dict) or "name" not in model:
+            models.append(model)
+            continue
+        part = preset.by_family.get(family_of(model["name"]) or "", {})
+        model = dict(model)
+        for section in ("optim", "train"):
+            own = dict(model.get(section) or {})
+            for key, val in part.get(section, {}).items():
+                if key not in (recipe.get(section) or {}):
+                    own.setdefault(key, val)
+            if own:
+                model[section] = own
+        models.append(model)
+    study["models"] = models
+    return study
 
 
 @dataclass(frozen=True)
@@ -152,13 +214,17 @@ def cell_config(
     ``data.split_seed`` follows the seed, so each seed draws its own (nested) subsets.
     """
     base = {
+        "preset": study.recipe.preset,  # recorded; its values are already in the recipe
         "data": study.data.model_dump(mode="json"),
         "model": {
             "name": model.name,
             "pretrained": model.pretrained,
             "weights": str(model.weights) if model.weights else None,
             "kwargs": model.kwargs,
-            "freeze": {"trainable_blocks": depth},
+            "freeze": {
+                "trainable_blocks": depth if depth is not None else model.freeze.trainable_blocks,
+                "also_trainable": model.freeze.also_trainable,
+            },
         },
         "optim": study.recipe.optim.model_dump(mode="json"),
         "train": study.recipe.train.model_dump(mode="json"),
