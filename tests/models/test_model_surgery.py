@@ -145,3 +145,63 @@ def test_replace_head() -> None:
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
     with pytest.raises(ModelError, match="reset_classifier"):
         replace_head(nn.Linear(2, 2), 3)
+
+
+# Seed 000's two models, real sizes; the last four blocks written out by hand (ResNet-101 has
+# 3, 4, 23, 3 bottlenecks; ViT-B/16 has 12 blocks and token pooling, so fc_norm is Identity).
+SEED_000_LAST_BLOCKS = {
+    "resnet101": (["layer3.22.", "layer4.0.", "layer4.1.", "layer4.2."], ["fc."]),
+    "vit_base_patch16_224": ([f"blocks.{i}." for i in (8, 9, 10, 11)], ["head.", "norm."]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SEED_000_LAST_BLOCKS))
+def test_seed_000_sweep_k_1_to_4(name: str) -> None:
+    model = create_model(name, num_classes=2)
+    blocks, head = SEED_000_LAST_BLOCKS[name]
+    total = count_parameters(model)[0]
+    for k in (1, 2, 3, 4):
+        freeze_all_but_last_blocks(model, k)
+        prefixes = (*blocks[4 - k :], *head)
+        expected = {n for n, _ in model.named_parameters() if n.startswith(prefixes)}
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        assert trainable == expected
+        assert count_parameters(model) == (
+            total,
+            sum(model.get_parameter(n).numel() for n in expected),
+        )
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_training_step_moves_only_the_trainable_part(k: int) -> None:
+    """One SGD step in train mode: frozen weights and frozen BatchNorm statistics stay put,
+    the last k blocks' weights and statistics move."""
+    torch.manual_seed(0)
+    # zero_init_last would leave a block's convs without gradient in the first step
+    model = create_model("resnet18_cifar", num_classes=10, zero_init_last=False)
+    freeze_all_but_last_blocks(model, k)
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    model.train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    loss = nn.functional.cross_entropy(model(torch.randn(8, 3, 32, 32)), torch.arange(8))
+    loss.backward()
+    optimizer.step()
+    after = model.state_dict()
+    trained_prefixes = tuple(LAYOUTS["resnet18_cifar"][0][8 - k :]) + ("fc.",)
+    frozen_bns = [n for n, m in model.named_modules() if isinstance(m, FrozenBatchNorm2d)]
+    assert frozen_bns and all(not n.startswith(trained_prefixes) for n in frozen_bns)
+    for name, tensor in after.items():
+        if name.endswith("num_batches_tracked"):
+            continue
+        moved = not torch.equal(tensor, before[name])
+        assert moved == name.startswith(trained_prefixes), name
+
+
+def test_also_trainable_keeps_a_module_trainable() -> None:
+    model = _make("resnet_mini")
+    freeze_all_but_last_blocks(model, 1, also_trainable=["conv1", "bn1"])
+    assert model.conv1.weight.requires_grad
+    assert type(model.bn1) is nn.BatchNorm2d  # not swapped for a frozen one
+    assert not model.layer1[0].conv1.weight.requires_grad
+    with pytest.raises(ModelError, match=r"no module 'stem'.*conv1, bn1"):
+        freeze_all_but_last_blocks(model, 1, also_trainable=["stem"])

@@ -28,7 +28,9 @@ def build_model(
         weights=cfg.weights,
         **cfg.kwargs,
     )
-    freeze_all_but_last_blocks(model, cfg.freeze.trainable_blocks)
+    freeze_all_but_last_blocks(
+        model, cfg.freeze.trainable_blocks, also_trainable=cfg.freeze.also_trainable
+    )
     if device is not None:
         model = model.to(device)
     if channels_last:

@@ -24,7 +24,8 @@ vit_weights=FILE)`` is the same as without ``pretrained``. A whole hybrid checkp
 Freezing (:mod:`cnnvit.models.surgery`): the blocks are the ViT's transformer blocks, the head is
 ``vit.head`` + ``vit.norm`` / ``vit.fc_norm``, and the conv block is part of the body, so
 ``freeze_all_but_last_blocks(model, k)`` freezes it (its BatchNorms become frozen BatchNorms).
-Seed 000 trains the conv block: call :meth:`ConvStemViT.unfreeze_conv_block` after freezing.
+Seed 000 trains the conv block: ``freeze_all_but_last_blocks(model, k, also_trainable=
+["conv_block"])``, in a config ``model.freeze.also_trainable: [conv_block]``.
 
 Registered with timm: ``hybrid_convblock_vit_base`` and ``hybrid_convblock_vit_tiny``.
 """
@@ -38,7 +39,7 @@ import timm
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import resample_abs_pos_embed, unfreeze_batch_norm_2d
+from timm.layers import resample_abs_pos_embed
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
@@ -206,12 +207,6 @@ class ConvStemViT(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.vit.reset_classifier(num_classes, global_pool)
         self.num_classes = num_classes
-
-    def unfreeze_conv_block(self) -> None:
-        """Make the conv block trainable again after ``freeze_all_but_last_blocks`` (seed 000
-        trains it): ``requires_grad`` on, frozen BatchNorms back to ordinary ones."""
-        unfreeze_batch_norm_2d(self.conv_block)  # a Sequential: children converted in place
-        self.conv_block.requires_grad_(True)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) image -> (B, N, D) ViT tokens."""

@@ -18,6 +18,8 @@ Any other layout raises :class:`ModelError` rather than guessing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch.nn as nn
 from timm.layers import FrozenBatchNormAct2d, freeze_batch_norm_2d, unfreeze_batch_norm_2d
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -66,10 +68,15 @@ def head_modules(model: nn.Module) -> list[nn.Module]:
     return modules
 
 
-def freeze_all_but_last_blocks(model: nn.Module, k: int | None) -> None:
+def freeze_all_but_last_blocks(
+    model: nn.Module, k: int | None, also_trainable: Sequence[str] = ()
+) -> None:
     """Leave only the last ``k`` blocks and the head (:func:`head_modules`) trainable, in place.
 
-    ``k=None`` makes everything trainable again; ``k=0`` trains the head only. In frozen parts
+    ``k=None`` makes everything trainable again; ``k=0`` trains the head only.
+    ``also_trainable`` names submodules (``model.get_submodule`` paths) that stay trainable
+    whatever ``k`` is: seed 000 trains its hybrid's ``conv_block`` with the last ViT blocks.
+    In frozen parts
     (stem, earlier blocks) BatchNorm layers become timm's ``FrozenBatchNorm2d`` (via
     ``freeze_batch_norm_2d``): they normalise with their running statistics, which no longer
     update, even in ``model.train()`` mode, and their affine weights become buffers (state-dict
@@ -78,7 +85,8 @@ def freeze_all_but_last_blocks(model: nn.Module, k: int | None) -> None:
 
     Raises:
         ModelError: ``k`` is negative or larger than the number of blocks (the message gives it),
-            or the model's blocks cannot be identified.
+            or the model's blocks cannot be identified, or an ``also_trainable`` path does
+            not exist (the message lists the model's top-level modules).
     """
     _unfreeze_batch_norms(model)  # undo an earlier call: freezing is a function of k only
     if k is None:
@@ -91,6 +99,7 @@ def freeze_all_but_last_blocks(model: nn.Module, k: int | None) -> None:
             f"(use 0..{len(units)}, or None for the whole model)"
         )
     trainable = [m for unit in units[len(units) - k :] for m in unit] + head_modules(model)
+    trainable += [_named_submodule(model, path) for path in also_trainable]
     model.requires_grad_(False)
     for module in trainable:
         module.requires_grad_(True)
@@ -172,6 +181,17 @@ def _stage_units(stage: nn.Module) -> list[Unit]:
 
 
 # --- helpers --------------------------------------------------------------------------------
+
+
+def _named_submodule(model: nn.Module, path: str) -> nn.Module:
+    module = _get_submodule(model, path)
+    if module is None:
+        names = ", ".join(name for name, _ in model.named_children())
+        raise ModelError(
+            f"{type(model).__name__} has no module {path!r} to keep trainable; "
+            f"its top-level modules are: {names}"
+        )
+    return module
 
 
 def _get_submodule(model: nn.Module, path: str) -> nn.Module | None:
