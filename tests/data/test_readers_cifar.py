@@ -12,6 +12,7 @@ import pytest
 
 from cnnvit.data.readers import _common, cifar, read_dataset
 from cnnvit.data.types import DataError
+from stand_in_data import write_cifar10_binary, write_cifar10_python, write_cifar100
 
 N = 3  # images per batch file
 
@@ -21,79 +22,6 @@ def _no_user_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Nothing a test extracts may land in the real ~/.cache."""
     monkeypatch.setattr(_common, "DEFAULT_CACHE", tmp_path / "user-cache")
     monkeypatch.delenv("CNNVIT_DATA", raising=False)
-
-
-def _images(rng: np.random.Generator, n: int = N) -> np.ndarray:
-    return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)  # (N, 32, 32, 3)
-
-
-def _planar(images: np.ndarray) -> np.ndarray:
-    """(N, 32, 32, 3) -> (N, 3072) in the files' order: all R, then all G, then all B."""
-    return images.transpose(0, 3, 1, 2).reshape(len(images), -1)
-
-
-def write_cifar10_binary(folder: Path, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True)
-    images, labels = _images(rng, 6 * N), rng.integers(0, 10, 6 * N, dtype=np.uint8)
-    names = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
-    for k, name in enumerate(names):
-        part = slice(k * N, (k + 1) * N)
-        records = np.concatenate([labels[part, None], _planar(images[part])], axis=1)
-        records.astype(np.uint8).tofile(folder / name)
-    (folder / "batches.meta.txt").write_text("\n".join(f"name{i}" for i in range(10)) + "\n\n")
-    return images, labels
-
-
-def write_cifar10_python(
-    folder: Path, seed: int = 0, protocol: int = 2
-) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True)
-    images, labels = _images(rng, 6 * N), rng.integers(0, 10, 6 * N)
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    for k, name in enumerate(names):
-        part = slice(k * N, (k + 1) * N)
-        batch = {
-            b"batch_label": name.encode(),
-            b"labels": [int(v) for v in labels[part]],
-            b"data": _planar(images[part]),
-            b"filenames": [f"{i}.png".encode() for i in range(N)],
-        }
-        with (folder / name).open("wb") as f:
-            pickle.dump(batch, f, protocol=protocol)
-    meta = {b"label_names": [f"name{i}".encode() for i in range(10)], b"num_vis": 3072}
-    with (folder / "batches.meta").open("wb") as f:
-        pickle.dump(meta, f, protocol=protocol)
-    return images, labels
-
-
-def write_cifar100(folder: Path, binary: bool, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True)
-    images, fine = _images(rng, 2 * N), rng.integers(0, 100, 2 * N, dtype=np.uint8)
-    coarse = fine // 5
-    for name, part in (("train", slice(0, N)), ("test", slice(N, 2 * N))):
-        if binary:
-            records = np.concatenate(
-                [coarse[part, None], fine[part, None], _planar(images[part])], 1
-            )
-            records.astype(np.uint8).tofile(folder / f"{name}.bin")
-        else:
-            batch = {
-                b"fine_labels": [int(v) for v in fine[part]],
-                b"coarse_labels": [int(v) for v in coarse[part]],
-                b"data": _planar(images[part]),
-            }
-            (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
-    names = [f"fine{i}" for i in range(100)]
-    if binary:
-        (folder / "fine_label_names.txt").write_text("\n".join(names))
-        (folder / "coarse_label_names.txt").write_text("\n".join(f"c{i}" for i in range(20)))
-    else:
-        meta = {b"fine_label_names": [n.encode() for n in names], b"coarse_label_names": []}
-        (folder / "meta").write_bytes(pickle.dumps(meta, protocol=2))
-    return images, fine
 
 
 def _check(splits, images: np.ndarray, labels: np.ndarray, n_train: int) -> None:

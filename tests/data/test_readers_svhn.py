@@ -11,16 +11,7 @@ import scipy.io
 from cnnvit.data.readers import read_dataset
 from cnnvit.data.readers.svhn import svhn
 from cnnvit.data.types import DataError
-
-
-def write_svhn(path: Path, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Write a .mat like the official one; return images (N, 32, 32, 3) and digits 0..9."""
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-    digits = np.arange(n) % 10
-    stored = np.where(digits == 0, 10, digits).astype(np.uint8)[:, None]  # (N, 1), 0 stored as 10
-    scipy.io.savemat(path, {"X": images.transpose(1, 2, 3, 0), "y": stored})
-    return images, digits
+from stand_in_data import write_svhn
 
 
 def test_svhn_round_trip(tmp_path: Path) -> None:

@@ -187,7 +187,7 @@ def test_training_step_moves_only_the_trainable_part(k: int) -> None:
     loss.backward()
     optimizer.step()
     after = model.state_dict()
-    trained_prefixes = tuple(LAYOUTS["resnet18_cifar"][0][8 - k :]) + ("fc.",)
+    trained_prefixes = (*LAYOUTS["resnet18_cifar"][0][8 - k :], "fc.")
     frozen_bns = [n for n, m in model.named_modules() if isinstance(m, FrozenBatchNorm2d)]
     assert frozen_bns and all(not n.startswith(trained_prefixes) for n in frozen_bns)
     for name, tensor in after.items():
