@@ -132,6 +132,55 @@ def test_weights_for_another_architecture_are_refused(tmp_path: Path) -> None:
         create_model("vit_mini", num_classes=10, weights=path)
 
 
+def _report(capsys: pytest.CaptureFixture[str]) -> str:
+    """The load report: one line on the console (stderr)."""
+    lines = [line for line in capsys.readouterr().err.splitlines() if " weights from " in line]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_load_report_names_unexpected_tensors_and_the_replaced_head(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = dict(create_model("resnet_mini", num_classes=10).state_dict())
+    state["extra.weight"] = torch.randn(3)
+    path = tmp_path / "extra.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    capsys.readouterr()
+    create_model("resnet_mini", num_classes=5, weights=path)
+    line = _report(capsys)
+    assert line == (
+        "resnet_mini weights from extra.safetensors; head replaced (10 -> 5 classes); "
+        "2 missing, left at init: fc.weight, fc.bias; 1 unexpected, not used: extra.weight"
+    )
+
+
+def test_load_report_same_head_uses_everything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _save(create_model("vit_mini", num_classes=10), tmp_path / "same.safetensors")
+    capsys.readouterr()
+    create_model("vit_mini", num_classes=10, weights=path)
+    line = _report(capsys)
+    assert line.endswith("same.safetensors; head kept (10 classes); all tensors used")
+
+
+def test_load_report_headless_file_and_long_lists(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = _body(create_model("vit_mini", num_classes=10), "head")
+    state.update({f"aux.{i}": torch.zeros(1) for i in range(7)})
+    path = tmp_path / "body.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    capsys.readouterr()
+    create_model("vit_mini", num_classes=4, weights=path)
+    line = _report(capsys)
+    assert "no head in the file, new 4-class head" in line
+    assert "2 missing, left at init: head.weight, head.bias" in line
+    # the first 5 names, then how many more
+    assert "7 unexpected, not used: aux.0, aux.1, aux.2, aux.3, aux.4, ... (+2)" in line
+
+
 # --- published weights without network -------------------------------------------------------
 
 

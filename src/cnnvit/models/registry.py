@@ -8,6 +8,10 @@ them), so ``create_model`` is a thin, checked front door to ``timm.create_model`
 * ``weights=FILE`` loads a local file through timm's own pretrained path
   (``pretrained_cfg_overlay=dict(file=...)``), so timm adapts the classifier to ``num_classes``,
   the first conv to ``in_chans`` and a ViT's position embedding to ``img_size``;
+* ``weights=FOLDER`` loads a Hugging Face ``transformers`` ViT checkpoint folder (config.json +
+  model.safetensors / pytorch_model.bin) into a timm ViT: converted by :mod:`cnnvit.models.hf_vit`,
+  then loaded through the same path;
+* each load prints one line (file, head kept or replaced, unexpected and missing tensors);
 * ``pretrained=True`` never hangs without network: huggingface_hub retries an unreachable hub for
   about 45 s, so the hub is probed first (offline mode or no answer in a few seconds means no
   download), weights already in the local cache are used, and otherwise :class:`ModelError` says
@@ -30,8 +34,9 @@ import torch
 import torch.nn as nn
 from timm.models import get_pretrained_cfg, is_model, split_model_name_tag
 
-from cnnvit.models import gresnet, hybrid, resnet_cifar, vit_small
+from cnnvit.models import gresnet, hf_vit, hybrid, resnet_cifar, vit_small
 from cnnvit.net import offline_reason, unreachable
+from cnnvit.ui import console
 
 __all__ = [
     "ModelError",
@@ -50,6 +55,7 @@ _BUILTIN_MODULES = tuple(
     m.__name__.rsplit(".", 1)[-1] for m in (gresnet, hybrid, resnet_cifar, vit_small)
 )
 _HUB_PROBE_TIMEOUT_S = 3.0
+_REPORT_NAMES = 5  # tensor names shown per kind in the load report line
 _WEIGHTS_HINT = "pass a local file instead (config: `model.weights: path/to/model.safetensors`)"
 
 
@@ -108,7 +114,9 @@ def create_model(
             by the others, which accept any size.
         pretrained: load the published weights (hub or local cache); fails fast offline.
         weights: a local weights file (``.safetensors`` preferred, or a torch file readable with
-            ``weights_only=True``); takes precedence over ``pretrained``.
+            ``weights_only=True``), or a Hugging Face ViT checkpoint folder (``config.json`` with
+            ``model_type: vit``; ``name`` must then be a timm ViT of the same architecture);
+            takes precedence over ``pretrained``.
         **kwargs: passed to the model constructor (``drop_path_rate=0.1``...).
 
     Raises:
@@ -225,16 +233,82 @@ def _is_patchify(conv: nn.Conv2d) -> bool:
 
 
 def _create_from_file(name: str, path: Path, model_kwargs: dict[str, Any]) -> nn.Module:
-    """Build ``name`` with the weights in ``path`` through timm's pretrained-loading path."""
+    """Build ``name`` with the weights in ``path`` (a file, or a HF ViT folder) through timm."""
+    if path.is_dir():
+        return _create_from_hf_folder(name, path, model_kwargs)
     state_dict = load_weights_file(path)
+    return _load_through_timm(name, path, state_dict, model_kwargs, shown=path.name)
+
+
+def _create_from_hf_folder(name: str, folder: Path, model_kwargs: dict[str, Any]) -> nn.Module:
+    """Build the timm ViT ``name`` from a Hugging Face ViT checkpoint folder.
+
+    The config is checked against the model before the weights are read; the converted state
+    dict then goes through timm's pretrained path in memory (``pretrained_cfg['state_dict']``).
+    The checkpoint's LayerNorm eps and qkv_bias are passed to the constructor (the caller's own
+    kwargs win, and are then checked like the rest of the architecture).
+    """
+    checkpoint = hf_vit.find_hf_vit_checkpoint(folder)
+    vit_kwargs = {**hf_vit.timm_model_kwargs(checkpoint), **model_kwargs}
+    try:
+        with torch.device("meta"):
+            skeleton = timm.create_model(name, pretrained=False, **vit_kwargs)
+    except TypeError as exc:  # takes no norm_layer / qkv_bias: say what the model is instead
+        with torch.device("meta"):
+            plain = timm.create_model(name, pretrained=False, **model_kwargs)
+        hf_vit.check_timm_architecture(checkpoint, plain, name)  # raises: not a timm ViT
+        raise ModelError(f"{name} cannot take {folder}'s ViT settings: {exc}") from exc
+    hf_vit.check_timm_architecture(
+        checkpoint, skeleton, name, img_size_given="img_size" in model_kwargs
+    )
+    state_dict, unused = hf_vit.load_hf_vit_state_dict(checkpoint)
+    return _load_through_timm(
+        name,
+        checkpoint.weights_file,
+        state_dict,
+        vit_kwargs,
+        shown=f"{folder.name}/{checkpoint.weights_file.name} (Hugging Face ViT, converted)",
+        in_memory=True,
+        unused=unused,
+    )
+
+
+def _load_through_timm(
+    name: str,
+    path: Path,
+    state_dict: dict[str, torch.Tensor],
+    model_kwargs: dict[str, Any],
+    *,
+    shown: str,
+    in_memory: bool = False,
+    unused: list[str] | None = None,
+) -> nn.Module:
+    """``timm.create_model(pretrained=True)`` with ``state_dict`` (read from ``path``), checked.
+
+    ``in_memory``: timm takes the tensors from the pretrained_cfg instead of reading ``path``
+    (converted checkpoints). ``unused``: source keys a conversion dropped, reported as
+    unexpected. ``shown``: how the report line names the source.
+    """
     overlay = _file_overlay(name, path, state_dict)
+    if in_memory:
+        overlay["state_dict"] = dict(state_dict)  # timm pops the classifier from what it gets
     try:
         model = timm.create_model(
             name, pretrained=True, pretrained_cfg_overlay=overlay, **model_kwargs
         )
     except RuntimeError as exc:  # shape mismatches, unexpected keys
         raise ModelError(f"weights in {path} do not fit {name}: {exc}") from exc
-    _check_body_loaded(model, name, path, state_dict, _classifier_names(model))
+    cfg = getattr(model, "pretrained_cfg", None)
+    if in_memory and isinstance(cfg, dict):
+        cfg.pop("state_dict", None)  # the model's cfg stays small; the weights are in the model
+    classifiers = _classifier_names(model)
+    file_classes, model_classes = overlay["num_classes"], model_kwargs["num_classes"]
+    head_replaced = bool(classifiers) and file_classes != model_classes
+    unexpected, left_at_init = _check_body_loaded(
+        model, name, path, state_dict, classifiers, head_replaced=head_replaced
+    )
+    head = (file_classes if file_classes >= 0 else None, model_classes) if classifiers else None
+    _print_load_report(name, shown, head, [*(unused or []), *unexpected], left_at_init)
     return model
 
 
@@ -266,28 +340,72 @@ def _check_body_loaded(
     path: Path,
     state_dict: dict[str, torch.Tensor],
     skip: tuple[str, ...],
-) -> None:
+    *,
+    head_replaced: bool = False,
+) -> tuple[list[str], list[str]]:
     """Refuse a file that silently left body weights at their random init.
 
     timm loads non-strictly once it drops a classifier, so a file for another architecture would
     load "successfully". The file's keys are first passed through the model module's
     ``checkpoint_filter_fn`` (timm's convention; it converts foreign layouts such as original
     CLIP or DINOv2 checkpoints), then every non-classifier tensor of the model must be among them.
+
+    Returns:
+        The file's keys (after the filter) that the model has no tensor for (unexpected), and the
+        model's classifier tensors left at their init (a replaced head, or a headless file).
     """
     filter_fn = _checkpoint_filter(name)
     keys = set(filter_fn(dict(state_dict), model) if filter_fn else state_dict)
-    missing = [
-        k
-        for k in model.state_dict()
-        if k not in keys
-        and not k.endswith("num_batches_tracked")
-        and not any(k.startswith(f"{c}.") for c in skip)
-    ]
+    model_keys = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
+
+    def in_head(key: str) -> bool:
+        return any(key.startswith(f"{c}.") for c in skip)
+
+    missing = [k for k in model_keys if k not in keys and not in_head(k)]
     if missing:
         raise ModelError(
             f"weights in {path} do not fit {name}: "
             f"{len(missing)} tensors missing, e.g. {missing[:5]}"
         )
+    known = set(model_keys)
+    unexpected = sorted(k for k in keys if k not in known and not k.endswith("num_batches_tracked"))
+    left_at_init = [k for k in model_keys if in_head(k) and (head_replaced or k not in keys)]
+    return unexpected, left_at_init
+
+
+def _print_load_report(
+    name: str,
+    shown: str,
+    head: tuple[int | None, int] | None,
+    unexpected: list[str],
+    left_at_init: list[str],
+) -> None:
+    """One console line: what was loaded, the head, and the tensors not used / left at init.
+
+    ``head``: (the file's classes, None for a headless file; the model's classes), or None for a
+    model without a known classifier.
+    """
+    parts = [f"{name} weights from {shown}"]
+    if head is not None:
+        file_classes, model_classes = head
+        if file_classes is None:
+            parts.append(f"no head in the file, new {model_classes}-class head")
+        elif file_classes != model_classes:
+            parts.append(f"head replaced ({file_classes} -> {model_classes} classes)")
+        else:
+            parts.append(f"head kept ({model_classes} classes)")
+    if left_at_init:
+        parts.append(f"{len(left_at_init)} missing, left at init: {_some(left_at_init)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected, not used: {_some(unexpected)}")
+    if not left_at_init and not unexpected:
+        parts.append("all tensors used")
+    console.print("; ".join(parts), markup=False, highlight=False, soft_wrap=True)
+
+
+def _some(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_REPORT_NAMES])
+    return f"{shown}, ... (+{len(keys) - _REPORT_NAMES})" if len(keys) > _REPORT_NAMES else shown
 
 
 def _checkpoint_filter(name: str) -> Any:
