@@ -10,6 +10,7 @@ import math
 import time
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 import timm
 import torch
@@ -257,8 +258,9 @@ def test_whole_hybrid_checkpoint_through_registry_weights(tmp_path: Path) -> Non
 @pytest.mark.parametrize("via_timm", [False, True])
 def test_pretrained_fails_fast_offline(monkeypatch: pytest.MonkeyPatch, via_timm: bool) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", "/nonexistent")
     start = time.monotonic()
-    with pytest.raises(ModelError, match="weights"):
+    with pytest.raises(ModelError, match=r"no pretrained vit_tiny_patch16_224.*vit_weights="):
         if via_timm:
             timm.create_model(TINY, pretrained=True)
         else:
@@ -305,3 +307,24 @@ def test_freeze_last_block_then_train_conv_block() -> None:
     assert not torch.equal(model.conv_block[1].running_mean, before)  # BN statistics update
     assert model.conv_block[0].weight.grad is not None
     assert model.vit.blocks[0].attn.qkv.weight.grad is None
+
+
+def test_pretrained_loads_the_published_vit_from_the_hub_cache(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A Hugging Face cache entry for ViT-Tiny, laid out as a download would leave it.
+    repo_id = timm.models.get_pretrained_cfg("vit_tiny_patch16_224").hf_hub_id
+    snapshot = tmp_path / f"models--{repo_id.replace('/', '--')}" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("abc123")
+    published = timm.create_model("vit_tiny_patch16_224")
+    save_file(published.state_dict(), snapshot / "model.safetensors")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    model = create_model(TINY, num_classes=2, img_size=224, pretrained=True)
+    own = model.vit.state_dict()
+    assert torch.equal(own["blocks.11.mlp.fc2.weight"], published.blocks[11].mlp.fc2.weight)
+    assert own["pos_embed"].shape == (1, 1 + 7 * 7, 192)  # 14x14 grid resampled to 7x7
+    assert model.vit.head.weight.shape == (2, 192)

@@ -15,11 +15,12 @@
 Weights: ``vit_weights=FILE`` loads a timm-layout ViT state dict (safetensors, or a torch file
 read with ``weights_only=True``) into the inner ``vit``; its classifier is dropped when the class
 count differs and its position embedding resampled when the token grid differs (14 x 14 -> 7 x 7
-for the tiny hybrid at 224). There are no published hybrid weights and no hub download:
-``pretrained=True`` without a local file raises :class:`~cnnvit.models.registry.ModelError` at
-once (offline or not) pointing at ``vit_weights``; ``timm.create_model(..., pretrained=True,
-vit_weights=FILE)`` is the same as without ``pretrained``. A whole hybrid checkpoint
-(``conv_block.*`` + ``vit.*``) loads through the registry's ``weights=``.
+for the tiny hybrid at 224). There are no published hybrid weights: ``pretrained=True`` without
+a file means the inner ViT's published weights (``vit_base_patch16_224`` / ``vit_tiny_patch16_224``
+from the hub or its local cache, fetched through the registry, so offline it fails in seconds
+with a message naming ``vit_weights``), loaded the same way; the conv block keeps its fresh init.
+``pretrained=True, vit_weights=FILE`` is the same as ``vit_weights=FILE``. A whole hybrid
+checkpoint (``conv_block.*`` + ``vit.*``) loads through the registry's ``weights=``.
 
 Freezing (:mod:`cnnvit.models.surgery`): the blocks are the ViT's transformer blocks, the head is
 ``vit.head`` + ``vit.norm`` / ``vit.fc_norm``, and the conv block is part of the body, so
@@ -43,7 +44,16 @@ from timm.layers import resample_abs_pos_embed
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-__all__ = ["ConvStemViT", "appendix_b_conv_block", "load_vit_weights", "two_conv_block"]
+# Built-ins whose `pretrained=True` means their inner ViT's published weights.
+PRETRAINED_FROM_INNER_VIT = ("hybrid_convblock_vit_base", "hybrid_convblock_vit_tiny")
+
+__all__ = [
+    "PRETRAINED_FROM_INNER_VIT",
+    "ConvStemViT",
+    "appendix_b_conv_block",
+    "load_vit_weights",
+    "two_conv_block",
+]
 
 ConvBlockKind = Literal["two_conv", "appendix_b"]
 
@@ -302,9 +312,15 @@ def load_vit_weights(vit: nn.Module, path: str | Path) -> None:
     Raises:
         ModelError: the file is unreadable, or does not hold this ViT's (non-head) weights.
     """
-    from cnnvit.models.registry import ModelError, load_weights_file  # registry imports us
+    from cnnvit.models.registry import load_weights_file  # registry imports us
 
-    state_dict = dict(load_weights_file(path))
+    _load_vit_state(vit, dict(load_weights_file(path)), str(path))
+
+
+def _load_vit_state(vit: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """:func:`load_vit_weights` for a state dict in memory (``source`` names it in errors)."""
+    from cnnvit.models.registry import ModelError  # registry imports us
+
     own = vit.state_dict()
     pos = state_dict.get("pos_embed")
     if pos is not None and "pos_embed" in own and pos.shape != own["pos_embed"].shape:
@@ -330,7 +346,7 @@ def load_vit_weights(vit: nn.Module, path: str | Path) -> None:
             if keys
         ]
         raise ModelError(
-            f"ViT weights in {path} do not fit the hybrid's ViT: {'; '.join(problems)}"
+            f"ViT weights in {source} do not fit the hybrid's ViT: {'; '.join(problems)}"
         )
     vit.load_state_dict(state_dict, strict=False)
 
@@ -340,16 +356,12 @@ def _create_hybrid(
 ) -> ConvStemViT:
     vit_weights = kwargs.pop("vit_weights", None)
     overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    hub_vit = None
     if pretrained and not overlay.get("file"):
-        if vit_weights is not None:  # "pretrained" = the ViT part, from the given local file
-            pretrained = False
-        else:
-            from cnnvit.models.registry import ModelError  # registry imports us
-
-            raise ModelError(
-                f"{variant} has no published weights; for a pretrained {vit_arch} inside it, "
-                f"pass a local timm ViT file: vit_weights=path/to/{vit_arch}.safetensors"
-            )
+        # no published hybrid weights: "pretrained" means the inner ViT's, from a file or the hub
+        pretrained = False
+        if vit_weights is None:
+            hub_vit = _published_vit_state(variant, vit_arch)
     out_indices = kwargs.pop("out_indices", 3)  # features_only: the last 3 maps, as timm ViTs
     model = build_model_with_cfg(
         ConvStemViT,
@@ -362,7 +374,24 @@ def _create_hybrid(
     )
     if vit_weights is not None:
         load_vit_weights(model.vit, vit_weights)
+    elif hub_vit is not None:
+        _load_vit_state(model.vit, hub_vit, f"the published {vit_arch}")
     return model
+
+
+def _published_vit_state(variant: str, vit_arch: str) -> dict[str, torch.Tensor]:
+    """The published weights of ``vit_arch`` through the registry (hub or local cache; fails
+    in seconds offline), as a state dict for :func:`_load_vit_state`."""
+    from cnnvit.models.registry import ModelError, create_model  # registry imports us
+
+    try:
+        vit = create_model(vit_arch, num_classes=1000, pretrained=True)
+    except ModelError as err:
+        raise ModelError(
+            f"{variant}: no pretrained {vit_arch} for its transformer ({err}); or pass a local "
+            f"timm ViT file: vit_weights=path/to/{vit_arch}.safetensors"
+        ) from err
+    return vit.state_dict()
 
 
 @register_model

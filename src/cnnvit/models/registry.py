@@ -429,6 +429,9 @@ def _as_tuple(value: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...
 
 
 def _create_pretrained(name: str, model_kwargs: dict[str, Any]) -> nn.Module:
+    if split_model_name_tag(name)[0] in hybrid.PRETRAINED_FROM_INNER_VIT:
+        # no published weights of their own: they fetch their ViT's through this registry
+        return timm.create_model(name, pretrained=True, **model_kwargs)
     cfg = get_pretrained_cfg(name)
     if cfg is None or not cfg.has_weights:
         raise ModelError(f"{name} has no published pretrained weights; {_WEIGHTS_HINT}")
