@@ -103,19 +103,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
     import torch
 
     from cnnvit.report import print_summary, write_report
-    from cnnvit.study.config import load_study
+    from cnnvit.study.config import load_studies
     from cnnvit.study.run import run_study
     from cnnvit.ui import console
 
     overrides = list(args.overrides)
     if args.no_progress:
         overrides.append("recipe.train.progress=false")
-    study = load_study(args.study, overrides, cuda=torch.cuda.is_available())
-    out = args.out or Path("runs") / study.name
-    outcomes = run_study(study, out, command=args.command_line, progress=not args.no_progress)
-    write_report(out)
-    print_summary(out, console)  # ends with the report's path
-    failed = [o.cell.id for o in outcomes if o.status == "failed"]
+    studies = load_studies(args.study, overrides, cuda=torch.cuda.is_available())
+    failed = []
+    for study in studies:
+        if len(studies) == 1:
+            out = args.out or Path("runs") / study.name
+        else:  # one folder per study, side by side
+            out = (args.out or Path("runs") / args.study.stem) / study.name
+        outcomes = run_study(study, out, command=args.command_line, progress=not args.no_progress)
+        write_report(out)
+        print_summary(out, console)  # ends with the report's path
+        failed += [f"{study.name}/{o.cell.id}" for o in outcomes if o.status == "failed"]
     if failed:
         console.print(f"[red]{len(failed)} cell(s) failed:[/] {', '.join(failed)}")
     return 1 if failed else 0
@@ -219,8 +224,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("compare", help="run a whole study (models x sizes x seeds) and its report")
-    p.add_argument("study", nargs="?", type=Path, help="study YAML (default: the built-in study)")
-    p.add_argument("--out", type=Path, help="study folder (default: runs/<study name>)")
+    p.add_argument(
+        "study",
+        nargs="?",
+        type=Path,
+        help="study YAML (default: the built-in study); several ---separated documents run "
+        "one study each",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="study folder (default: runs/<study name>); with several studies, their parent "
+        "(default: runs/<file name>)",
+    )
     _add_set_option(p, "recipe.train.epochs=3")
     p.set_defaults(func=cmd_compare)
 

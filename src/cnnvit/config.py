@@ -201,18 +201,27 @@ def validate_config(cls: type[_M], data: dict[str, Any]) -> _M:
 
 def load_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping; a missing file or a non-mapping is a ConfigError naming the file."""
+    documents = load_yaml_documents(path)
+    if len(documents) > 1:
+        raise ConfigError(f"{path} holds {len(documents)} YAML documents; expected one")
+    return documents[0] if documents else {}
+
+
+def load_yaml_documents(path: Path) -> list[dict[str, Any]]:
+    """Every ``---``-separated document of a YAML file, each a mapping (empty ones skipped)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        documents = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{path} must hold a mapping of config sections, not {type(data).__name__}"
-        )
-    return data
+    for data in documents:
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"{path} must hold a mapping of config sections, not {type(data).__name__}"
+            )
+    return documents
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

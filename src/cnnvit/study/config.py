@@ -40,6 +40,7 @@ from cnnvit.config import (
     TrainConfig,
     apply_overrides,
     load_yaml,
+    load_yaml_documents,
     validate_config,
 )
 from cnnvit.presets import deep_merge, family_of, get_preset
@@ -260,3 +261,29 @@ def load_study(
     """A study from YAML (or the default), with ``--set`` overrides, validated."""
     data = load_yaml(path if path is not None else default_study_path(cuda))
     return validate_config(StudyConfig, apply_overrides(data, overrides or []))
+
+
+def load_studies(
+    path: Path | None, overrides: list[str] | None = None, *, cuda: bool = False
+) -> list[StudyConfig]:
+    """Every study in a YAML file, with ``--set`` overrides applied to each.
+
+    A file of several ``---``-separated documents holds several studies (seed 004: one grid on
+    three datasets): the first document is a whole study, each later one gives only what it
+    changes (a distinct ``name`` at least), merged over the first; lists are replaced whole.
+    """
+    if path is None:
+        return [load_study(None, overrides, cuda=cuda)]
+    first, *changes = load_yaml_documents(path)
+    studies = []
+    for number, change in enumerate([{}, *changes], start=1):
+        try:
+            data = apply_overrides(deep_merge(first, change), overrides or [])
+            studies.append(validate_config(StudyConfig, data))
+        except ConfigError as err:
+            where = f"{path}, document {number}" if changes else str(path)
+            raise ConfigError(f"{where}: {err}") from None
+    names = [s.name for s in studies]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: each study document needs its own name, got {names}")
+    return studies
