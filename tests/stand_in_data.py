@@ -1,5 +1,6 @@
 """Writers of small datasets in the real on-disk formats (CIFAR-10/100 binary and python, SVHN
-.mat, the Kaggle HAR CSV layout), for reader tests and for the ready studies' end-to-end tests.
+.mat, the Kaggle HAR CSV layout), for reader tests and for the ready studies' end-to-end tests;
+and a Hugging Face cache entry as a hub download of published weights leaves it.
 
 Images are random; labels are as given or random. Sizes are the caller's.
 """
@@ -9,9 +10,14 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+import huggingface_hub.constants
 import numpy as np
+import pytest
 import scipy.io
+import timm
+import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 # The real CIFAR-10 class names, in the order of batches.meta.
 CIFAR10_CLASSES = [
@@ -144,3 +150,17 @@ def write_har(root: Path, classes: list[str], per_class: int, size: int = 48) ->
     (root / "Training_set.csv").write_text("\n".join(lines) + "\n")
     (root / "Testing_set.csv").write_text("filename\nImage_9999.jpg\n")
     Image.fromarray(np.zeros((size, size, 3), np.uint8)).save(root / "test" / "Image_9999.jpg")
+
+
+def hub_cache_entry(
+    monkeypatch: pytest.MonkeyPatch, cache: Path, arch: str, state_dict: dict[str, torch.Tensor]
+) -> None:
+    """Lay out a Hugging Face cache entry under ``cache`` for ``arch``'s published weights, as a
+    download would leave it, and make it the hub cache for this test."""
+    repo_id = timm.models.get_pretrained_cfg(arch).hf_hub_id
+    snapshot = cache / f"models--{repo_id.replace('/', '--')}" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("abc123")
+    save_file(state_dict, snapshot / "model.safetensors")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))

@@ -29,6 +29,7 @@ from cnnvit.models import (
     model_family,
 )
 from cnnvit.models.hybrid import ConvStemViT
+from stand_in_data import hub_cache_entry
 
 BASE, TINY = "hybrid_convblock_vit_base", "hybrid_convblock_vit_tiny"
 HYBRIDS = [BASE, TINY]
@@ -312,15 +313,8 @@ def test_freeze_last_block_then_train_conv_block() -> None:
 def test_pretrained_loads_the_published_vit_from_the_hub_cache(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    # A Hugging Face cache entry for ViT-Tiny, laid out as a download would leave it.
-    repo_id = timm.models.get_pretrained_cfg("vit_tiny_patch16_224").hf_hub_id
-    snapshot = tmp_path / f"models--{repo_id.replace('/', '--')}" / "snapshots" / "abc123"
-    snapshot.mkdir(parents=True)
-    (snapshot.parent.parent / "refs").mkdir()
-    (snapshot.parent.parent / "refs" / "main").write_text("abc123")
     published = timm.create_model("vit_tiny_patch16_224")
-    save_file(published.state_dict(), snapshot / "model.safetensors")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    hub_cache_entry(monkeypatch, tmp_path, "vit_tiny_patch16_224", published.state_dict())
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
     model = create_model(TINY, num_classes=2, img_size=224, pretrained=True)

@@ -13,6 +13,7 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 from cnnvit.models import ModelError, UnknownModelError, create_model, load_weights_file
+from stand_in_data import hub_cache_entry
 
 
 class NotATensor:
@@ -212,15 +213,8 @@ def test_pretrained_builtin_has_no_published_weights() -> None:
 def test_pretrained_offline_uses_the_local_hub_cache(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    # Lay out a Hugging Face cache entry for timm's tiny test model, as a download would.
-    repo_id = timm.models.get_pretrained_cfg("test_resnet").hf_hub_id
-    snapshot = tmp_path / f"models--{repo_id.replace('/', '--')}" / "snapshots" / "abc123"
-    snapshot.mkdir(parents=True)
-    (snapshot.parent.parent / "refs").mkdir()
-    (snapshot.parent.parent / "refs" / "main").write_text("abc123")
     source = timm.create_model("test_resnet")
-    _save(source, snapshot / "model.safetensors")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    hub_cache_entry(monkeypatch, tmp_path, "test_resnet", source.state_dict())
 
     model = create_model("test_resnet", num_classes=4, pretrained=True)
     assert model.get_classifier().weight.shape[0] == 4

@@ -340,23 +340,11 @@ def _read_config(folder: Path) -> dict[str, Any]:
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    # The registry's reader: safetensors, or torch.load with weights_only=True (never unpickles
+    # objects); the registry imports this module, hence the late import.
+    from cnnvit.models.registry import load_weights_file
 
-            state_dict = load_file(str(path), device="cpu")
-        else:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch/safetensors raise many types for a bad file
-        raise _error(
-            f"cannot read weights file {path}: {exc}. It is loaded with weights_only=True "
-            "(tensors only; a pickle that needs other objects is refused, never run)"
-        ) from exc
-    if not isinstance(state_dict, dict) or not all(
-        isinstance(v, torch.Tensor) for v in state_dict.values()
-    ):
-        raise _error(f"weights file {path} does not hold a state dict of tensors")
-    return state_dict
+    return load_weights_file(path)
 
 
 # --- architecture ---------------------------------------------------------------------------
