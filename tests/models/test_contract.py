@@ -144,3 +144,29 @@ def test_model_family_hybrid() -> None:
 def test_vit_rejects_bad_geometry() -> None:
     with pytest.raises(ValueError, match="not a multiple of patch_size 4"):
         _make("vit_mini", img_size=30)
+
+
+# The hybrids train here at reduced ViT width and depth; their conv blocks are the seed's.
+TRAINED = [(n, {}) for n in MODELS] + [
+    (n, dict(embed_dim=32, depth=2, num_heads=2)) for n in HYBRIDS
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), TRAINED, ids=[n for n, _ in TRAINED])
+def test_two_training_steps_move_the_weights(name: str, kwargs: dict) -> None:
+    """Two SGD steps on CPU: finite losses, and nearly every parameter tensor moved (the first
+    conv among them; residual branches whose last BatchNorm starts at zero move in step 2)."""
+    model = create_model(name, num_classes=NUM_CLASSES, img_size=IMG, **kwargs)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    x, y = torch.randn(4, 3, IMG, IMG), torch.tensor([0, 1, 2, 3])
+    for _ in range(2):
+        loss = nn.functional.cross_entropy(model(x), y)
+        assert torch.isfinite(loss)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    moved = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
+    assert len(moved) > 0.9 * len(before), sorted(set(before) - moved)[:5]
+    assert f"{model.pretrained_cfg['first_conv']}.weight" in moved
