@@ -102,6 +102,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     import torch
 
+    from cnnvit.data.readers import check_spec
     from cnnvit.report import print_summary, write_report
     from cnnvit.study.config import load_studies
     from cnnvit.study.run import run_study
@@ -111,6 +112,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.no_progress:
         overrides.append("recipe.train.progress=false")
     studies = load_studies(args.study, overrides, cuda=torch.cuda.is_available())
+    for study in studies:  # a missing data folder stops here, not once per cell
+        check_spec(study.data.spec)
     failed = []
     for study in studies:
         if len(studies) == 1:

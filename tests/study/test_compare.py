@@ -150,3 +150,31 @@ def test_failed_and_diverged_cells_are_recorded_and_the_rest_finish(tmp_path: Pa
     page = (out / "report.html").read_text()
     assert "diverged" in page and "failed" in page and "no_such_argument" in page
     assert np.isfinite(results[results.model == "resnet_mini"].final_val_top1).all()
+
+
+def test_missing_data_of_any_study_stops_before_the_first_cell(tmp_path: Path, capsys):
+    study = tmp_path / "two.yaml"
+    study.write_text(
+        _write_study(tmp_path / "first.yaml").read_text()
+        + "---\nname: second\ndata: {spec: 'cifar10:no/such/folder'}\n"
+    )
+    assert _compare(study, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "cifar10: the path no/such/folder does not exist" in err
+    assert not (tmp_path / "out").exists()  # nothing started, not even the first study
+
+
+def test_later_documents_change_the_first_and_need_their_own_name(tmp_path: Path, capsys):
+    from cnnvit.study.config import load_studies
+
+    study = tmp_path / "two.yaml"
+    first = _write_study(tmp_path / "first.yaml").read_text()
+    study.write_text(first + "---\nname: bigger\nfractions: [1.0]\nrecipe: {train: {epochs: 2}}\n")
+    tiny, bigger = load_studies(study, ["seeds=[3]"])
+    assert (tiny.name, tiny.fractions, tiny.recipe.train.epochs) == ("tiny", [0.25, 1.0], 1)
+    assert (bigger.fractions, bigger.recipe.train.epochs) == ([1.0], 2)
+    assert bigger.recipe.optim.lr == 3e-3 and bigger.data.spec == SYNTH  # from the first
+    assert tiny.seeds == bigger.seeds == [3]  # --set applies to every study
+    study.write_text(first + "---\nfractions: [1.0]\n")
+    assert _compare(study, tmp_path / "out") == 2
+    assert "each study document needs its own name" in capsys.readouterr().err

@@ -42,14 +42,25 @@ _ALIASES = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar-100":
 
 def read_dataset(spec: str, *, root: Path | None = None, download: bool = True) -> DatasetSplits:
     """Read the dataset named by ``spec`` ("NAME" or "NAME:PATH")."""
+    name, path = check_spec(spec)
+    if name == "synthetic":
+        return synthetic.synthetic(**_synthetic_options(spec.partition(":")[2]))
+    return READERS[name](path, root, download)
+
+
+def check_spec(spec: str) -> tuple[str, Path | None]:
+    """The canonical name and path of ``spec``, without reading anything: a DataError when the
+    name is unknown, synthetic options are malformed or the path does not exist. Cheap enough
+    to check every study of a file before the first one starts."""
     raw_name, _, rest = spec.partition(":")
     name = _canonical(raw_name)
     if name == "synthetic":
-        return synthetic.synthetic(**_synthetic_options(rest))
+        _synthetic_options(rest)
+        return name, None
     path = Path(rest).expanduser() if rest else None
     if path is not None and not path.exists():
         raise DataError(f"{name}: the path {path} does not exist (from --data {spec!r})")
-    return READERS[name](path, root, download)
+    return name, path
 
 
 def _canonical(raw: str) -> str:
@@ -81,4 +92,4 @@ def _synthetic_options(text: str) -> dict[str, int]:
     return options
 
 
-__all__ = ["KNOWN_DATASETS", "READERS", "read_dataset"]
+__all__ = ["KNOWN_DATASETS", "READERS", "check_spec", "read_dataset"]
