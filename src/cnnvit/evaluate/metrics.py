@@ -14,18 +14,21 @@ from sklearn.metrics import (
 TOP_K = 5
 
 
-def predictions_frame(labels: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
+def predictions_frame(
+    labels: np.ndarray, probs: np.ndarray, indices: np.ndarray | None = None
+) -> pd.DataFrame:
     """One row per image: index, label, prediction, confidence, top-5 classes and their probs.
 
     ``probs`` is (N, num_classes) softmax output; ``index`` is the image's position in the
-    validation split, so an analysis can find the image again without the model.
+    evaluated split (``indices``; default 0..N-1), so an analysis can find the image again
+    without the model.
     """
     k = min(TOP_K, probs.shape[1])
     top = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # (N, k)
     top_probs = np.take_along_axis(probs, top, axis=1)  # (N, k)
     return pd.DataFrame(
         {
-            "index": np.arange(len(labels), dtype=np.int64),
+            "index": (np.arange(len(labels)) if indices is None else indices).astype(np.int64),
             "label": labels.astype(np.int64),
             "prediction": top[:, 0].astype(np.int64),
             "confidence": top_probs[:, 0].astype(np.float32),

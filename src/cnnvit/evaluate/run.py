@@ -22,12 +22,24 @@ def write_evaluation(
     out_dir: Path, logits: torch.Tensor, labels: torch.Tensor, classes: list[str]
 ) -> dict:
     """Logits (N, C) and labels (N,) -> ``out_dir``/metrics.json and predictions.parquet."""
-    probs = torch.softmax(logits.float(), dim=1).numpy()  # (N, C)
-    y = labels.numpy()
+    return write_probabilities(out_dir, torch.softmax(logits.float(), dim=1), labels, classes)
+
+
+def write_probabilities(
+    out_dir: Path,
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    classes: list[str],
+    indices: torch.Tensor | None = None,
+) -> dict:
+    """Softmax probabilities (N, C) and labels (N,) -> metrics.json and predictions.parquet
+    (``indices``: each row's position in the evaluated split, when files were skipped)."""
+    probs, y = probs.float().numpy(), labels.numpy()
     metrics = classification_metrics(y, probs, classes)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / METRICS).write_text(json.dumps(metrics, indent=2))
-    predictions_frame(y, probs).to_parquet(out_dir / PREDICTIONS, index=False)
+    positions = None if indices is None else indices.numpy()
+    predictions_frame(y, probs, positions).to_parquet(out_dir / PREDICTIONS, index=False)
     return metrics
 
 

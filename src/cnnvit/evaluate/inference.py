@@ -1,0 +1,389 @@
+"""Batched evaluation of several models in one pass over a dataset (seed 002, done properly).
+
+Seed 002 timed a pretrained model one image at a time (PIL open, preprocess, forward, softmax)
+with no warm-up and no synchronisation. Here:
+
+* DataLoader workers decode each image once (:func:`cnnvit.data.decode.decode_rgb`, the one
+  decode policy) and cut one uint8 crop per distinct preprocessing among the models: resize the
+  shorter side to ``floor(size / crop_pct)`` with the model's interpolation, then a center crop
+  of ``size`` (timm's eval transform, read from each model's pretrained config with
+  ``timm.data.resolve_data_config``, as timm's ``validate.py`` does). Pixels stay uint8 until
+  they reach the device, where ``/255``, mean and std are applied in float32, in the same order
+  as ``ToTensor`` + ``Normalize``.
+* Batches move to the device with ``non_blocking`` (pinned memory on CUDA) and run under bf16
+  autocast with channels_last on a CUDA GPU.
+* Stage times (decode and crop in the workers; transfer + normalise, forward and postprocess on
+  the device, each read after synchronising it) are kept as totals and reported in ms per image.
+
+Outputs per model: ``metrics.json`` and ``predictions.parquet`` (as every evaluation writes),
+and ``evaluation.json`` for the whole pass with per-model metrics and stage timing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm.data
+import torch
+import torch.nn as nn
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+
+from cnnvit.data.decode import ImageDecodeError, decode_rgb
+from cnnvit.data.types import DataError, FileSource, SkippedFile, Source
+from cnnvit.evaluate.run import write_probabilities
+from cnnvit.train.runtime import device_name, resolve_device
+from cnnvit.ui import progress_bar
+
+__all__ = [
+    "EvalModel",
+    "ModelResult",
+    "Preprocess",
+    "StageTimer",
+    "evaluate_models",
+    "evaluation_split",
+]
+
+_INTERPOLATION = {
+    "bilinear": InterpolationMode.BILINEAR,
+    "bicubic": InterpolationMode.BICUBIC,
+    "nearest": InterpolationMode.NEAREST,
+    "lanczos": InterpolationMode.LANCZOS,
+    "box": InterpolationMode.BOX,
+    "hamming": InterpolationMode.HAMMING,
+}
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """One model's eval preprocessing: resize shorter side, center crop, normalise."""
+
+    size: int  # the square crop the model sees
+    resize: int  # shorter side before the crop: floor(size / crop_pct)
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> Preprocess:
+        """timm's eval transform for ``model`` (its pretrained config), as ``validate.py``."""
+        cfg = timm.data.resolve_data_config({}, model=model)
+        size = int(cfg["input_size"][-1])
+        if cfg["input_size"][-1] != cfg["input_size"][-2]:
+            raise DataError(f"non-square input size {cfg['input_size']} is not supported")
+        crop_pct = float(cfg.get("crop_pct") or 1.0)
+        interpolation = str(cfg.get("interpolation") or "bilinear")
+        if interpolation not in _INTERPOLATION:
+            raise DataError(f"unknown interpolation {interpolation!r} in the model's config")
+        return cls(
+            size=size,
+            resize=math.floor(size / crop_pct),
+            interpolation=interpolation,
+            mean=tuple(float(m) for m in cfg["mean"]),
+            std=tuple(float(s) for s in cfg["std"]),
+        )
+
+    def crop(self, image: Image.Image) -> torch.Tensor:
+        """RGB PIL image -> (3, size, size) uint8, resized with PIL as timm's transform does."""
+        mode = _INTERPOLATION[self.interpolation]
+        resized = TF.resize(image, [self.resize], interpolation=mode)
+        return TF.pil_to_tensor(TF.center_crop(resized, [self.size, self.size]))
+
+
+@dataclass
+class EvalModel:
+    """A model to evaluate, its name in the outputs, and its preprocessing."""
+
+    label: str
+    model: nn.Module
+    preprocess: Preprocess
+
+    @classmethod
+    def of(cls, label: str, model: nn.Module) -> EvalModel:
+        return cls(label, model, Preprocess.from_model(model))
+
+
+# --- timing ------------------------------------------------------------------------------------
+
+
+class StageTimer:
+    """Wall time per named stage, each read after the device has finished its queued work.
+
+    ``synchronize`` and ``clock`` are injectable so that the ordering (synchronise, then read)
+    can be tested on the CPU with a fake asynchronous device.
+    """
+
+    def __init__(
+        self,
+        synchronize: Callable[[], None],
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.synchronize = synchronize
+        self.clock = clock
+        self.seconds: dict[str, float] = {}
+
+    @classmethod
+    def for_device(cls, device: torch.device) -> StageTimer:
+        if device.type == "cuda":
+            return cls(lambda: torch.cuda.synchronize(device))
+        return cls(lambda: None)  # CPU kernels have finished when the call returns
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.synchronize()
+        start = self.clock()
+        yield
+        self.synchronize()
+        self.seconds[name] = self.seconds.get(name, 0.0) + self.clock() - start
+
+
+# --- the dataset: decode once, one crop per distinct preprocessing ------------------------------
+
+
+class _MultiCropDataset(torch.utils.data.Dataset):
+    """Item i -> (crops, label, error, decode seconds, crop seconds); crops: one (3, S, S) uint8
+    tensor per preprocessing. A file that fails to decode gives empty crops and an error."""
+
+    def __init__(self, source: Source, preprocesses: list[Preprocess]) -> None:
+        self.source = source
+        self.preprocesses = preprocesses
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> tuple[list[torch.Tensor], int, str, float, float]:
+        label = int(self.source.labels[i])
+        start = time.perf_counter()
+        try:
+            image = self._image(i)
+        except ImageDecodeError as err:
+            return [], label, f"{err.path}\t{err.reason}", 0.0, 0.0
+        decoded = time.perf_counter()
+        crops = [p.crop(image) for p in self.preprocesses]
+        return crops, label, "", decoded - start, time.perf_counter() - decoded
+
+    def _image(self, i: int) -> Image.Image:
+        if isinstance(self.source, FileSource):
+            return decode_rgb(self.source.paths[i])
+        pixels = self.source.images[i]  # (H, W, C) uint8
+        if pixels.shape[-1] == 1:
+            pixels = np.repeat(pixels, 3, axis=-1)
+        return Image.fromarray(pixels)
+
+
+@dataclass
+class _Batch:
+    crops: list[torch.Tensor]  # per preprocessing: (B, 3, S, S) uint8
+    labels: torch.Tensor  # (B,)
+    indices: torch.Tensor  # (B,) positions in the source
+    skipped: list[SkippedFile]
+    decode_seconds: float
+    crop_seconds: float
+
+
+def _collate(items: list[tuple[int, tuple]]) -> _Batch:
+    good = [(i, item) for i, item in items if not item[2]]
+    skipped = [SkippedFile(*item[2].rsplit("\t", 1)) for _, item in items if item[2]]
+    views = len(good[0][1][0]) if good else 0
+    return _Batch(
+        crops=[torch.stack([item[0][v] for _, item in good]) for v in range(views)],
+        labels=torch.tensor([item[1] for _, item in good], dtype=torch.int64),
+        indices=torch.tensor([i for i, _ in good], dtype=torch.int64),
+        skipped=skipped,
+        decode_seconds=sum(item[3] for _, item in items),
+        crop_seconds=sum(item[4] for _, item in items),
+    )
+
+
+class _Indexed(torch.utils.data.Dataset):
+    """Adds the item's index, so predictions can name the image they belong to."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[int, tuple]:
+        return i, self.dataset[i]
+
+
+# --- the pass ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelResult:
+    label: str
+    top1: float
+    top5: float
+    num_images: int
+    # ms per image; "preprocess" is the device part (transfer + normalise) of this model
+    ms_per_image: dict[str, float] = field(default_factory=dict)
+    preprocess: dict[str, Any] = field(default_factory=dict)
+
+
+def evaluate_models(
+    models: list[EvalModel],
+    source: Source,
+    classes: list[str],
+    out_dir: Path,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 2,
+    device: str = "auto",
+    precision: str = "auto",
+    channels_last: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate every model on every image of ``source`` in one pass; write the results.
+
+    Returns the content of ``out_dir/evaluation.json``: per model top-1/top-5 and stage timing,
+    shared decode/crop timing, wall time, throughput, device, dtype and batch size.
+
+    Raises:
+        DataError: a model's class count differs from the dataset's, or no image decodes.
+    """
+    if not models:
+        raise ValueError("evaluate_models needs at least one model")
+    for m in models:
+        if m.model.num_classes != len(classes):
+            raise DataError(
+                f"{m.label} has {m.model.num_classes} classes but the dataset has {len(classes)}; "
+                "evaluate it on data with its own classes (ImageNet models: imagenet-val:PATH)"
+            )
+    dev = resolve_device(device)
+    bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda")
+    use_channels_last = channels_last == "on" or (channels_last == "auto" and dev.type == "cuda")
+    views = sorted({m.preprocess for m in models}, key=repr)  # distinct crops, cut once each
+    view_of = {m.label: views.index(m.preprocess) for m in models}
+    for m in models:
+        m.model.eval().to(dev)
+        if use_channels_last:
+            m.model.to(memory_format=torch.channels_last)
+    loader = torch.utils.data.DataLoader(
+        _Indexed(_MultiCropDataset(source, views)),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        pin_memory=dev.type == "cuda",
+        persistent_workers=False,
+    )
+    timer = StageTimer.for_device(dev)
+    outputs = {m.label: ([], []) for m in models}  # label -> (probs batches, labels batches)
+    indices, skipped = [], []
+    decode_s = crop_s = 0.0
+    wall = time.perf_counter()
+    with progress_bar(progress) as bar, torch.inference_mode():
+        task = bar.add_task("evaluating", total=len(source)) if bar else None
+        for batch in loader:
+            decode_s += batch.decode_seconds
+            crop_s += batch.crop_seconds
+            skipped += batch.skipped
+            if len(batch.labels):
+                indices.append(batch.indices)
+                for m in models:
+                    crops = batch.crops[view_of[m.label]]
+                    probs = _run_model(m, crops, dev, bf16, use_channels_last, timer)
+                    outputs[m.label][0].append(probs)
+                    outputs[m.label][1].append(batch.labels)
+            if bar is not None:
+                bar.advance(task, len(batch.labels) + len(batch.skipped))
+    timer.synchronize()
+    wall = time.perf_counter() - wall
+    if not indices:
+        raise DataError(f"none of the {len(source)} images could be decoded")
+    n = int(sum(len(i) for i in indices))
+    positions = torch.cat(indices)
+    results = [
+        _write_model(m, outputs[m.label], positions, classes, out_dir, timer) for m in models
+    ]
+    summary = {
+        "num_images": n,
+        "skipped_files": [asdict(s) for s in skipped],
+        "device": device_name(dev),
+        "dtype": "bf16" if bf16 else "fp32",
+        "channels_last": use_channels_last,
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "wall_seconds": wall,
+        "images_per_second": n / wall if wall > 0 else None,
+        # decode and crop run in the workers, in parallel with the device: CPU ms per image
+        "decode_ms_per_image": 1000 * decode_s / max(n, 1),
+        "crop_ms_per_image": 1000 * crop_s / max(n, 1),
+        "models": [asdict(r) for r in results],
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "evaluation.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _run_model(
+    m: EvalModel,
+    crops: torch.Tensor,
+    device: torch.device,
+    bf16: bool,
+    channels_last: bool,
+    timer: StageTimer,
+) -> torch.Tensor:
+    """(B, 3, S, S) uint8 crops -> (B, C) float32 probabilities on the CPU, timed per stage."""
+    p = m.preprocess
+    with timer.stage(f"{m.label}/preprocess"):
+        x = crops.to(device, non_blocking=True).float().div_(255)
+        mean = torch.tensor(p.mean, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(p.std, device=device).view(1, 3, 1, 1)
+        x = x.sub_(mean).div_(std)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    with timer.stage(f"{m.label}/forward"), autocast:
+        logits = m.model(x)
+    with timer.stage(f"{m.label}/postprocess"):
+        probs = torch.softmax(logits.float(), dim=1).cpu()
+    return probs
+
+
+def _write_model(
+    m: EvalModel,
+    outputs: tuple[list[torch.Tensor], list[torch.Tensor]],
+    positions: torch.Tensor,
+    classes: list[str],
+    out_dir: Path,
+    timer: StageTimer,
+) -> ModelResult:
+    probs = torch.cat(outputs[0])  # (N, C)
+    labels = torch.cat(outputs[1])  # (N,)
+    n = len(labels)
+    folder = out_dir / _folder_name(m.label)
+    metrics = write_probabilities(folder, probs, labels, classes, positions)
+    stages = {
+        stage: 1000 * timer.seconds.get(f"{m.label}/{stage}", 0.0) / max(n, 1)
+        for stage in ("preprocess", "forward", "postprocess")
+    }
+    return ModelResult(
+        label=m.label,
+        top1=float(metrics["top1"]),
+        top5=float(metrics["top5"]),
+        num_images=n,
+        ms_per_image=stages,
+        preprocess=asdict(m.preprocess),
+    )
+
+
+def _folder_name(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", label)
+
+
+def evaluation_split(splits: Any) -> Source:
+    """The split to evaluate: the held-out one where the dataset has it, else its only split
+    (``imagenet-val:PATH`` holds the 50,000 validation images as its single split)."""
+    return splits.val if splits.val is not None else splits.train
