@@ -82,3 +82,35 @@ def test_models_lists_every_builtin_with_count_and_origin(capsys):
     assert main(["models"]) == 0
     err = capsys.readouterr().err
     assert "308,826" in err and "seed 004" in err
+
+
+def test_evaluate_several_models_in_one_pass(tmp_path: Path, capsys):
+    import numpy as np
+    import torch
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from cnnvit.models import create_model
+
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        for i in range(3):
+            (tmp_path / "photos" / c).mkdir(parents=True, exist_ok=True)
+            pixels = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "photos" / c / f"{i}.png")
+    args = ["evaluate", "--data", f"folder:{tmp_path / 'photos'}", "--no-progress"]
+    for name in ("resnet_mini", "vit_mini"):
+        torch.manual_seed(0)
+        weights = tmp_path / f"{name}.safetensors"
+        save_file(create_model(name, num_classes=2).state_dict(), weights)
+        args += ["--model", name, "--weights", str(weights)]
+    out = tmp_path / "eval"
+    assert main([*args, "--out", str(out), "--num-workers", "0"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    summary = json.loads((out / "evaluation.json").read_text())
+    assert [m["label"] for m in summary["models"]] == list(printed) == ["resnet_mini", "vit_mini"]
+    for name in printed:
+        metrics = json.loads((out / name / "metrics.json").read_text())
+        assert metrics["num_images"] == 6 and printed[name]["top1"] == metrics["top1"]
+    assert main([*args[:-2], "--out", str(out)]) == 2  # two models, one weights file
+    assert "1 --weights for 2 --model" in capsys.readouterr().err

@@ -36,12 +36,13 @@ def _add_set_option(p: argparse.ArgumentParser, example: str) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _add_run_options(p: argparse.ArgumentParser) -> None:
+def _add_run_options(p: argparse.ArgumentParser, *, model_option: bool = True) -> None:
     p.add_argument(
         "--config", type=Path, help="YAML file with data/model/optim/train/output sections"
     )
     p.add_argument("--data", help="NAME or NAME:PATH, e.g. fashion-mnist, folder:/photos")
-    p.add_argument("--model", help="a cnnvit built-in or any timm model name")
+    if model_option:
+        p.add_argument("--model", help="a cnnvit built-in or any timm model name")
     p.add_argument("--out", help="run folder")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -78,6 +79,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from cnnvit.models.registry import load_weights_file
     from cnnvit.train.run import default_run_dir
 
+    if args.pretrained or len(args.models) > 1:
+        return _evaluate_models(args)
+    args.model = args.models[0] if args.models else None
+    if len(args.weights) > 1:
+        raise ConfigError("one --weights file per --model")
+    args.weights = args.weights[0] if args.weights else None
     if args.run_dir is not None:
         metrics = evaluate_run(args.run_dir)
         out = args.run_dir
@@ -95,6 +102,59 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(
         f"wrote {Path(out) / 'metrics.json'} and {Path(out) / 'predictions.parquet'}",
         file=sys.stderr,
+    )
+    return 0
+
+
+def _evaluate_models(args: argparse.Namespace) -> int:
+    """Several models (or published weights) in one batched pass, each with its own timm eval
+    preprocessing; results per model under --out."""
+    from cnnvit.data.readers import read_dataset
+    from cnnvit.evaluate.inference import EvalModel, evaluate_models, evaluation_split
+    from cnnvit.models.registry import create_model
+    from cnnvit.ui import console
+
+    if not args.models or not args.data:
+        raise ConfigError("give --model (one or more) and --data")
+    if args.weights and len(args.weights) != len(args.models):
+        raise ConfigError(
+            f"{len(args.weights)} --weights for {len(args.models)} --model: give one per model"
+        )
+    splits = read_dataset(args.data)
+    source = evaluation_split(splits)
+    models = []
+    for i, name in enumerate(args.models):
+        weights = args.weights[i] if args.weights else None
+        model = create_model(
+            name, num_classes=len(splits.classes), pretrained=weights is None, weights=weights
+        )
+        models.append(EvalModel.of(name, model))
+    out = Path(args.out or Path("runs") / "evaluate")
+    summary = evaluate_models(
+        models,
+        source,
+        splits.classes,
+        out,
+        batch_size=args.batch_size or 64,
+        num_workers=args.num_workers,
+        device=args.device or "auto",
+        progress=not args.no_progress,
+    )
+    for r in summary["models"]:
+        t = r["ms_per_image"]
+        console.print(
+            f"{r['label']}: top-1 {100 * r['top1']:.2f} %  top-5 {100 * r['top5']:.2f} %  "
+            f"forward {t['forward']:.2f} ms/img  preprocess {t['preprocess']:.2f}  "
+            f"postprocess {t['postprocess']:.2f}"
+        )
+    console.print(
+        f"{summary['num_images']:,} images, {summary['images_per_second']:.1f} img/s on "
+        f"{summary['device']} ({summary['dtype']}, batch {summary['batch_size']}); decode "
+        f"{summary['decode_ms_per_image']:.2f} + crop {summary['crop_ms_per_image']:.2f} ms/img "
+        f"in {summary['num_workers']} workers; wrote {out / 'evaluation.json'}"
+    )
+    print(
+        json.dumps({r["label"]: {"top1": r["top1"], "top5": r["top5"]} for r in summary["models"]})
     )
     return 0
 
@@ -218,12 +278,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="metrics.json + predictions.parquet for a run or weights")
-    p.add_argument("run_dir", nargs="?", type=Path, help="a run folder written by `cnnvit train`")
-    _add_run_options(p)
-    p.add_argument(
-        "--weights", type=Path, help="weights file (.safetensors) with --model and --data"
+    p = sub.add_parser(
+        "evaluate",
+        help="metrics.json + predictions.parquet for a run, a weights file, or several models",
     )
+    p.add_argument("run_dir", nargs="?", type=Path, help="a run folder written by `cnnvit train`")
+    _add_run_options(p, model_option=False)
+    p.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        default=[],
+        help="a model name; repeat it to evaluate several models in one pass over the data",
+    )
+    p.add_argument(
+        "--weights",
+        type=Path,
+        action="append",
+        default=[],
+        help="weights file (.safetensors) per --model, in the same order",
+    )
+    p.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="published weights with each model's own preprocessing (timm's validate), e.g. "
+        "--model resnet50 --model vit_base_patch16_224 --data imagenet-val:PATH",
+    )
+    p.add_argument("--num-workers", type=int, default=2, help="decoding workers (default 2)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("compare", help="run a whole study (models x sizes x seeds) and its report")
