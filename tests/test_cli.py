@@ -114,3 +114,32 @@ def test_evaluate_several_models_in_one_pass(tmp_path: Path, capsys):
         assert metrics["num_images"] == 6 and printed[name]["top1"] == metrics["top1"]
     assert main([*args[:-2], "--out", str(out)]) == 2  # two models, one weights file
     assert "1 --weights for 2 --model" in capsys.readouterr().err
+
+
+def test_classify_prints_five_sorted_labels_per_model(tmp_path: Path):
+    import numpy as np
+    import torch
+    from PIL import Image
+    from safetensors.torch import save_file
+    from timm.data import ImageNetInfo
+
+    from cnnvit.models import create_model
+
+    image = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 80, 3), np.uint8)).save(image)
+    args = ["classify", str(image), "--json", str(tmp_path / "top5.json"), "--device", "cpu"]
+    for name in ("resnet_mini", "vit_mini"):
+        torch.manual_seed(0)
+        weights = tmp_path / f"{name}.safetensors"
+        save_file(create_model(name, num_classes=1000).state_dict(), weights)
+        args += ["--model", name, "--weights", str(weights)]
+    assert main(args) == 0
+    rows = json.loads((tmp_path / "top5.json").read_text())
+    assert [r["model"] for r in rows] == ["resnet_mini", "vit_mini"]
+    info = ImageNetInfo()
+    names = [info.index_to_description(i) for i in range(1000)]
+    for r in rows:
+        assert len(r["labels"]) == 5 and all(label in names for label in r["labels"])
+        assert r["probs"] == sorted(r["probs"], reverse=True) and sum(r["probs"]) <= 1 + 1e-6
+        assert r["forward_ms"] > 0
+    assert main(["classify", str(tmp_path / "none.jpg"), "--model", "resnet_mini"]) == 2

@@ -159,6 +159,52 @@ def _evaluate_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_classify(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from cnnvit.evaluate.classify import class_names_for, classify_images
+    from cnnvit.evaluate.inference import EvalModel
+    from cnnvit.models.hf_vit import hf_vit_class_names
+    from cnnvit.models.registry import create_model
+    from cnnvit.ui import console
+
+    if args.weights and len(args.weights) != len(args.models):
+        raise ConfigError(
+            f"{len(args.weights)} --weights for {len(args.models)} --model: give one per model"
+        )
+    models, names = [], {}
+    for i, name in enumerate(args.models):
+        weights = args.weights[i] if args.weights else None
+        num_classes = args.num_classes
+        folder_names = hf_vit_class_names(weights) if weights and weights.is_dir() else None
+        if folder_names is not None:
+            num_classes = len(folder_names)
+        model = create_model(
+            name, num_classes=num_classes, pretrained=weights is None, weights=weights
+        )
+        models.append(EvalModel.of(name, model))
+        names[name] = class_names_for(model.num_classes, folder_names)
+    for image in args.images:
+        if not image.is_file():
+            raise FileNotFoundError(f"image not found: {image}")
+    predictions = classify_images(args.images, models, names, device=args.device or "auto")
+    for image in args.images:
+        table = Table(title=str(image))
+        for column in ("model", "top-5 (probability)", "forward ms (median, min-max)"):
+            table.add_column(column)
+        for p in (p for p in predictions if p.image == str(image)):
+            top = "\n".join(
+                f"{label}  {prob:.3f}" for label, prob in zip(p.labels, p.probs, strict=True)
+            )
+            lo, hi = p.forward_ms_spread
+            table.add_row(p.model, top, f"{p.forward_ms:.2f} ({lo:.2f}-{hi:.2f})")
+        console.print(table)
+    if args.json:
+        rows = [vars(p) for p in predictions]
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     import torch
 
@@ -306,6 +352,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--num-workers", type=int, default=2, help="decoding workers (default 2)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("classify", help="top-5 of each model for some images, with timing")
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--model", dest="models", action="append", required=True, help="repeatable")
+    p.add_argument(
+        "--weights",
+        type=Path,
+        action="append",
+        default=[],
+        help="a weights file (or Hugging Face ViT folder) per --model; default: published weights",
+    )
+    p.add_argument(
+        "--num-classes", type=int, default=1000, help="classes of the weights (default 1000)"
+    )
+    p.add_argument("--device", help="auto, cpu, cuda")
+    p.add_argument("--json", type=Path, help="also write the predictions as JSON")
+    p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("compare", help="run a whole study (models x sizes x seeds) and its report")
     p.add_argument(
