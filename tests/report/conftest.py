@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
+from cnnvit.evaluate.metrics import predictions_frame
+
 FULL_TRAIN = 48_000  # images at fraction 1.0
 CLASSES = ["T-shirt/top", "Trouser", "Bag"]
+SUPPORT = 100  # validation images per class
+# Generated validation images (300, three classes), so the report can draw the images where two
+# models disagree without a dataset on disk.
+DATA_SPEC = "synthetic:num_classes=3,train_size=30,val_size=300,image_size=16"
 
 AccuracyFn = Callable[[str, float, int], float]
 
@@ -147,7 +155,8 @@ def _write_run(
         "seed": seed,
     }
     (run_dir / "environment.json").write_text(json.dumps(env))
-    (run_dir / "config.yaml").write_text(yaml.safe_dump({"model": {"name": model}}))
+    config = {"data": {"spec": DATA_SPEC}, "model": {"name": model}}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     done = epochs if status == "completed" else max(1, epochs - 1)
     lines = [
         "epoch,train_loss,train_acc,val_loss,val_acc,lr,epoch_seconds,images_per_second,"
@@ -191,10 +200,28 @@ def _write_run(
     )
     (run_dir / "results.json").write_text(json.dumps(results))
     (run_dir / "metrics.json").write_text(json.dumps(_metrics(acc, f1, classes)))
+    _predictions(acc, len(classes), run_dir.name).to_parquet(run_dir / "predictions.parquet")
+
+
+def _predictions(acc: float, k: int, cell: str):
+    """predictions.parquet matching ``_metrics``: per class, ``round(acc * SUPPORT)`` images
+    right (which ones: seeded by the cell) and the rest predicted as the next class."""
+    rng = np.random.default_rng(zlib.crc32(cell.encode()))
+    labels = np.arange(SUPPORT * k) % k  # (N,)
+    preds = labels.copy()
+    right = round(acc * SUPPORT)
+    for c in range(k):
+        members = np.flatnonzero(labels == c)
+        wrong = rng.permutation(members)[right:]
+        preds[wrong] = (c + 1) % k
+    confidence = rng.uniform(0.4, 0.99, len(labels))  # (N,) above the others' share
+    probs = np.repeat(((1 - confidence) / (k - 1))[:, None], k, axis=1)  # (N, k)
+    probs[np.arange(len(labels)), preds] = confidence
+    return predictions_frame(labels, probs)
 
 
 def _metrics(acc: float, f1: float, classes: list[str]) -> dict[str, Any]:
-    support = 100
+    support = SUPPORT
     k = len(classes)
     right = round(acc * support)
     matrix = []

@@ -13,8 +13,8 @@ from cnnvit.report.sections import SECTIONS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EVIL = "<script>alert(1)</script>"
-FIGURES = ["accuracy_vs_images", "learning_curves", "confusion_matrices"]
-TABLES = ["accuracy", "efficiency", "final_metrics", "cells"]
+FIGURES = ["accuracy_vs_images", "learning_curves", "confusion_matrices", "disagreements"]
+TABLES = ["accuracy", "efficiency", "final_metrics", "agreement", "cells"]
 # src=/href= (or CSS url()) pointing anywhere but inside the page.
 EXTERNAL = re.compile(r"""(?:\b(?:src|href)\s*=\s*["']?|url\(\s*["']?)\s*(?:https?:)?//""", re.I)
 

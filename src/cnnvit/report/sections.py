@@ -18,6 +18,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from cnnvit.report import figures as figs
+from cnnvit.report.agreement import (
+    StudyAgreement,
+    agreement_figures,
+    agreement_tables,
+    render_agreement,
+    study_agreement,
+)
 from cnnvit.report.collect import StudyData
 from cnnvit.report.html import Markup, esc, img, join, note, table, tag
 from cnnvit.report.tables import (
@@ -73,6 +80,11 @@ class ReportContext:
     @cached_property
     def colors(self) -> dict[str, str]:
         return figs.model_colors(self.data.models)
+
+    @cached_property
+    def agreement(self) -> StudyAgreement:
+        """Every pair of models compared on the same images, per seed (agreement section)."""
+        return study_agreement(self.data, self.families)
 
 
 @dataclass(frozen=True)
@@ -439,6 +451,13 @@ SECTIONS: list[Section] = [
     Section("efficiency", "Efficiency", render_efficiency, tables=efficiency_tables),
     Section("confusion", "Confusion matrices", render_confusion, figures=confusion_figures),
     Section("final-metrics", "Final metrics", render_final_metrics, tables=final_metric_tables),
+    Section(
+        "agreement",
+        "Agreement",
+        render_agreement,
+        figures=agreement_figures,
+        tables=agreement_tables,
+    ),
     Section("cells", "Cells", render_cells, tables=cell_tables),
 ]
 
