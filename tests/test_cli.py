@@ -143,3 +143,21 @@ def test_classify_prints_five_sorted_labels_per_model(tmp_path: Path):
         assert r["probs"] == sorted(r["probs"], reverse=True) and sum(r["probs"]) <= 1 + 1e-6
         assert r["forward_ms"] > 0
     assert main(["classify", str(tmp_path / "none.jpg"), "--model", "resnet_mini"]) == 2
+
+
+def test_agree_on_two_runs(tmp_path: Path, capsys):
+    runs = []
+    for name in ("resnet_mini", "vit_mini"):
+        run = tmp_path / name
+        assert main(["train", *FAST, "--model", name, "--out", str(run)]) == 0
+        runs.append(run)
+    capsys.readouterr()
+    out = tmp_path / "agreement"
+    assert main(["agree", str(runs[0]), str(runs[1]), "--out", str(out)]) == 0
+    printed = capsys.readouterr().err
+    result = json.loads((out / "agreement.json").read_text())
+    counts = [result["counts"][k] for k in ("both_right", "only_a", "only_b", "both_wrong")]
+    assert sum(counts) == result["num_images"] == 128  # FAST's synthetic validation images
+    assert "McNemar's exact test" in printed and "verdict:" in printed
+    assert main(["agree", str(runs[0]), str(tmp_path)]) == 2
+    assert "is not a run folder" in capsys.readouterr().err

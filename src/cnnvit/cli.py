@@ -205,6 +205,19 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_agree(args: argparse.Namespace) -> int:
+    from cnnvit.evaluate.agreement import agree_runs
+    from cnnvit.ui import console
+
+    names = tuple(args.names) if args.names else None
+    agreement = agree_runs(args.run_a, args.run_b, args.out, names, alpha=args.alpha)
+    for line in agreement.summary():
+        console.print(line, markup=False, highlight=False)
+    if args.out:
+        console.print(f"wrote {args.out}/agreement.json and per_class_agreement.csv")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     import torch
 
@@ -370,6 +383,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="also write the predictions as JSON")
     p.set_defaults(func=cmd_classify)
 
+    p = sub.add_parser(
+        "agree", help="agreement statistics of two evaluated runs on the same images"
+    )
+    p.add_argument("run_a", type=Path)
+    p.add_argument("run_b", type=Path)
+    p.add_argument("--out", type=Path, help="write agreement.json, CSV and the grid of images here")
+    p.add_argument("--names", nargs=2, metavar=("A", "B"), help="names for the two models")
+    p.add_argument("--alpha", type=float, default=0.05, help="test level (default 0.05)")
+    p.set_defaults(func=cmd_agree)
+
     p = sub.add_parser("compare", help="run a whole study (models x sizes x seeds) and its report")
     p.add_argument(
         "study",
@@ -406,10 +429,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from cnnvit.data.types import DataError
+    from cnnvit.evaluate.agreement import AgreementError
     from cnnvit.models.registry import ModelError
     from cnnvit.train.run import RunFolderError
 
-    return (ConfigError, DataError, ModelError, RunFolderError, FileNotFoundError)
+    return (ConfigError, DataError, ModelError, RunFolderError, AgreementError, FileNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> int:
