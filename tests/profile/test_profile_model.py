@@ -25,6 +25,7 @@ from cnnvit.profile import (
     write_profiles_json,
 )
 from cnnvit.profile.plot import sweep_figure
+from cnnvit.profile.profiler import _num
 from cnnvit.train.checkpoint import save_checkpoint
 from cnnvit.train.runtime import device_name
 from cnnvit.ui import progress_bar
@@ -149,7 +150,15 @@ def test_table_and_rows_show_the_figures(mini_profiles) -> None:
         assert p.model in text
         assert f"{p.cost.gmacs:.3f}" in text
         assert f"{p.latency_ms.median:.2f} / {p.latency_ms.p95:.2f}" in text
-        assert f"{p.throughput.median:.0f} ({p.throughput.q1:.0f}-{p.throughput.q3:.0f})" in text
+        t = p.throughput
+        assert f"{_num(t.median)} ({_num(t.q1)}-{_num(t.q3)})" in text
+    assert [_num(x) for x in (1234.5, 123.4, 12.345, 1.2345, 0.012345)] == [
+        "1,234",
+        "123",
+        "12.3",
+        "1.23",
+        "0.0123",
+    ]
     assert "GMACs" in text and "compile s" in text and "interquartile" in text
     rows = profile_rows(mini_profiles)
     assert [r["model"] for r in rows] == ["resnet_mini", "vit_mini"]

@@ -642,10 +642,13 @@ def _count(n: int) -> str:
     return f"{n / 1e6:.2f} M" if n >= 1e5 else f"{n:,}"
 
 
-def _median_iqr(s: Spread | None, fmt: str = ".0f") -> str:
-    if s is None:
-        return "-"
-    return f"{s.median:{fmt}} ({s.q1:{fmt}}-{s.q3:{fmt}})"
+def _num(x: float) -> str:
+    """Three significant figures for rates from 0.01 to 999, whole numbers above."""
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}" if x >= 0.01 else f"{x:.2g}"
+
+
+def _median_iqr(s: Spread | None) -> str:
+    return "-" if s is None else f"{_num(s.median)} ({_num(s.q1)}-{_num(s.q3)})"
 
 
 def _mib(m: MemoryPeak | None) -> str:
