@@ -161,3 +161,23 @@ def test_agree_on_two_runs(tmp_path: Path, capsys):
     assert "McNemar's exact test" in printed and "verdict:" in printed
     assert main(["agree", str(runs[0]), str(tmp_path)]) == 2
     assert "is not a run folder" in capsys.readouterr().err
+
+
+def test_profile_writes_the_json_it_prints(tmp_path: Path):
+    from cnnvit.models import create_model
+    from cnnvit.ui import console
+
+    out = tmp_path / "profile.json"
+    args = ["profile", "--model", "resnet_mini", "--image-size", "32", "--batch-size", "4"]
+    with console.capture() as captured:
+        assert main([*args, "--no-train", "--json", str(out), "--no-progress"]) == 0
+    profile = json.loads(out.read_text())["profiles"][0]
+    model = create_model("resnet_mini", num_classes=1000)
+    assert profile["cost"]["params_total"] == sum(p.numel() for p in model.parameters())
+    assert (profile["model"], profile["image_size"], profile["batch_size"]) == (
+        "resnet_mini",
+        32,
+        4,
+    )
+    assert "resnet_mini" in captured.get()
+    assert main(["profile"]) == 2

@@ -205,6 +205,38 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from cnnvit.profile import profile_model, profile_run, profile_table, write_profiles_json
+    from cnnvit.ui import at_least_width, console
+
+    if not args.models and not args.run_dirs:
+        raise ConfigError("give --model NAME (repeatable) or run folders to profile")
+    options = dict(
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        sizes=args.sizes,
+        threads=args.threads,
+        train=not args.no_train,
+        progress=not args.no_progress,
+    )
+    profiles = [
+        profile_model(name, image_size=args.image_size or 224, **options) for name in args.models
+    ]
+    for run_dir in args.run_dirs:
+        if args.image_size:
+            options["image_size"] = args.image_size
+        profiles.append(profile_run(run_dir, **options))
+    with at_least_width(170):  # 13 columns
+        console.print(profile_table(profiles))
+    if args.json:
+        write_profiles_json(profiles, args.json)
+        console.print(f"wrote {args.json}")
+    return 0
+
+
 def cmd_agree(args: argparse.Namespace) -> int:
     from cnnvit.evaluate.agreement import agree_runs
     from cnnvit.ui import console
@@ -382,6 +414,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cpu, cuda")
     p.add_argument("--json", type=Path, help="also write the predictions as JSON")
     p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser(
+        "profile", help="parameters, MACs, latency, throughput, memory and load time of models"
+    )
+    p.add_argument("run_dirs", nargs="*", type=Path, help="run folders (their model and weights)")
+    p.add_argument("--model", dest="models", action="append", default=[], help="repeatable")
+    p.add_argument(
+        "--image-size", type=int, help="input side in pixels (default 224; runs: theirs)"
+    )
+    p.add_argument("--batch-size", type=int, default=32, help="for throughput (default 32)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile; its time is reported")
+    p.add_argument(
+        "--sizes",
+        type=lambda text: [int(v) for v in text.split(",")],
+        help="image-size sweep, e.g. 32,64,128,224,384",
+    )
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--no-train", action="store_true", help="skip the training-step measurement")
+    p.add_argument("--json", type=Path, help="write the profiles as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser(
         "agree", help="agreement statistics of two evaluated runs on the same images"

@@ -53,3 +53,15 @@ def progress_bar(enabled: bool = True) -> Iterator[Progress | None]:
             yield progress
     finally:
         _active = None
+
+
+@contextmanager
+def at_least_width(columns: int) -> Iterator[None]:
+    """Render the console at least ``columns`` wide for a while (a wide table in a pipe or a
+    log file would otherwise be squeezed to 80 columns)."""
+    before = console.width
+    console.width = max(before, columns)
+    try:
+        yield
+    finally:
+        console.width = before
