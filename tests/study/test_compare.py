@@ -32,6 +32,7 @@ def _write_study(
         f"fractions: {fractions}\nseeds: {seeds}\n"
         "recipe:\n  optim: {lr: 3.0e-3, warmup_epochs: 0}\n"
         f"  train: {{epochs: {epochs}, batch_size: 64, threads: 2}}\n"
+        "profile: {batch_size: 16, sizes: [16, 32, 64]}\n"
     )
     return path
 
@@ -178,3 +179,21 @@ def test_later_documents_change_the_first_and_need_their_own_name(tmp_path: Path
     study.write_text(first + "---\nfractions: [1.0]\n")
     assert _compare(study, tmp_path / "out") == 2
     assert "each study document needs its own name" in capsys.readouterr().err
+
+
+def test_each_completed_cell_records_its_models_profile(tiny: Path):
+    for run in sorted((tiny / "runs").iterdir()):
+        results = json.loads((run / "results.json").read_text())
+        profile = json.loads((run / "profile.json").read_text())
+        assert profile["cost"]["params_total"] == results["params_total"]
+        assert profile["image_size"] == results["image_size"] == 16
+        macs = {point["image_size"]: point["macs"] for point in profile["sweep"]}
+        assert sorted(macs) == [16, 32, 64]
+        growth = macs[64] / macs[32]
+        if run.name.startswith("resnet"):
+            assert growth == pytest.approx(4, rel=0.02)  # convolutions: linear in pixels
+        else:
+            assert growth > 4.1  # attention: quadratic in tokens
+    first, second = (json.loads((tiny / "runs" / c / "profile.json").read_text()) for c in (
+        "vit_mini-f0.25-s0", "vit_mini-f1-s1"))  # fmt: skip
+    assert first == second  # measured once per model, copied to its other cells

@@ -30,7 +30,13 @@ from stand_in_data import (
 )
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
-TINY = ["seeds=[0]", "recipe.train.epochs=1", "data.image_size=32", "data.num_workers=0"]
+TINY = [
+    "seeds=[0]",
+    "recipe.train.epochs=1",
+    "data.image_size=32",
+    "data.num_workers=0",
+    "profile.enabled=false",  # tests/study/test_compare.py covers the profile step
+]
 
 pytestmark = pytest.mark.slow
 

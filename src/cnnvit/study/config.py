@@ -83,6 +83,19 @@ class Grid(StrictModel):
     trainable_blocks: list[int | None] = Field(default_factory=lambda: [None])
 
 
+class StudyProfile(StrictModel):
+    """The efficiency profile each model gets once its cells have trained (``cnnvit profile``
+    at the study's image size, plus an image-size sweep for the report's cost plot)."""
+
+    enabled: bool = True
+    batch_size: int = Field(32, gt=0, description="for throughput and the training step")
+    sizes: list[int] = Field(
+        default_factory=lambda: [32, 64, 128, 224],
+        description="image sizes of the sweep (MACs, batch-1 latency, memory); [] = none",
+    )
+    train: bool = Field(True, description="also time a training step")
+
+
 class StudyConfig(StrictModel):
     name: str = "study"
     data: DataConfig = Field(default_factory=DataConfig)
@@ -91,6 +104,7 @@ class StudyConfig(StrictModel):
     seeds: list[int] = Field(default_factory=lambda: [0])
     recipe: Recipe = Field(default_factory=Recipe)
     grid: Grid = Field(default_factory=Grid)
+    profile: StudyProfile = Field(default_factory=StudyProfile)
 
     @model_validator(mode="before")
     @classmethod

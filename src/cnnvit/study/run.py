@@ -23,6 +23,7 @@ from cnnvit.train.run import RunFolderError, resume, train
 from cnnvit.ui import console, progress_bar
 
 FINAL = {"completed", "diverged"}
+PROFILE = "profile.json"
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,48 @@ def run_study(
             outcomes.append(run_cell(cell))
             if bar is not None:
                 bar.advance(task)
+    if study.profile.enabled:
+        profile_models(study, grid, progress=progress)
     _write_study_json(out_dir, study, grid, command, finished=True)
     return outcomes
+
+
+def profile_models(study: StudyConfig, grid: list[Cell], *, progress: bool = True) -> None:
+    """Give every completed cell a ``profile.json``: its model's efficiency profile at the
+    study's image size (:func:`cnnvit.profile.profile_run`), measured once per model on its
+    first completed cell and copied to the others (same architecture, same size). A cell that
+    already has one keeps it, so a re-run does not measure again."""
+    from cnnvit.profile import profile_run
+
+    settings = study.profile
+    measured: dict[str, str] = {}  # model label -> profile.json text
+    for cell in grid:
+        run_dir = Path(cell.config.output.dir)
+        path = run_dir / PROFILE
+        if cell_status(run_dir) != "completed":
+            continue
+        if path.is_file():
+            measured.setdefault(cell.model, path.read_text())
+            continue
+        if cell.model not in measured:
+            console.print(f"profiling {cell.model} on {cell.id}")
+            try:
+                profile = profile_run(
+                    run_dir,
+                    batch_size=settings.batch_size,
+                    sizes=settings.sizes or None,
+                    train=settings.train,
+                    device=cell.config.train.device,
+                    label=cell.model,
+                    progress=progress,
+                )
+            except Exception as err:  # a profile must not cost the study its results
+                console.print(f"[red]profiling {cell.model} failed:[/] {type(err).__name__}: {err}")
+                measured[cell.model] = ""
+                continue
+            measured[cell.model] = json.dumps(profile.to_dict(), indent=2)
+        if measured[cell.model]:
+            path.write_text(measured[cell.model])
 
 
 def run_cell(cell: Cell) -> CellOutcome:
