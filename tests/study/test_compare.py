@@ -197,3 +197,17 @@ def test_each_completed_cell_records_its_models_profile(tiny: Path):
     first, second = (json.loads((tiny / "runs" / c / "profile.json").read_text()) for c in (
         "vit_mini-f0.25-s0", "vit_mini-f1-s1"))  # fmt: skip
     assert first == second  # measured once per model, copied to its other cells
+
+
+def test_report_has_the_cost_profile_of_each_model(tiny: Path):
+    html = (tiny / "report.html").read_text()
+    section = html[html.index('id="cost-profile"') :]
+    section = section[: section.index("</section>")]
+    table = pd.read_csv(tiny / "tables" / "cost_profile.csv")
+    assert list(table["model"]) == ["resnet_mini", "vit_mini"]
+    for model, params in zip(table["model"], table["params"], strict=True):
+        profile = json.loads((tiny / "runs" / f"{model}-f1-s0" / "profile.json").read_text())
+        assert params == profile["cost"]["params_total"]
+        assert model in section and f"{params / 1e6:.2f} M" in section
+    assert (tiny / "figures" / "cost_sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "cost against image size" in section

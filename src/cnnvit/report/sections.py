@@ -27,6 +27,7 @@ from cnnvit.report.agreement import (
 )
 from cnnvit.report.collect import StudyData
 from cnnvit.report.html import Markup, esc, img, join, note, table, tag
+from cnnvit.report.profile_section import profile_figures, profile_tables, render_profile
 from cnnvit.report.tables import (
     accuracy_table,
     cells_table,
@@ -449,6 +450,13 @@ SECTIONS: list[Section] = [
     ),
     Section("learning-curves", "Learning curves", render_curves, figures=curve_figures),
     Section("efficiency", "Efficiency", render_efficiency, tables=efficiency_tables),
+    Section(
+        "cost-profile",
+        "Cost profile",
+        render_profile,
+        figures=profile_figures,
+        tables=profile_tables,
+    ),
     Section("confusion", "Confusion matrices", render_confusion, figures=confusion_figures),
     Section("final-metrics", "Final metrics", render_final_metrics, tables=final_metric_tables),
     Section(

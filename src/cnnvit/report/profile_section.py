@@ -1,0 +1,107 @@
+"""The report's cost-profile section: each model's ``profile.json`` (written by the study once
+its cells have trained, see :func:`cnnvit.study.run.profile_models`) as one table row, and the
+image-size sweep as a log-log plot (attention grows with the square of the token count,
+convolutions linearly with the pixels).
+
+Only files are read, so a rebuild from the run folders gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from cnnvit.profile import ModelProfile, profile_rows
+from cnnvit.profile.plot import sweep_figure
+from cnnvit.report.collect import StudyData
+from cnnvit.report.html import img, join, note, table
+
+if TYPE_CHECKING:
+    from cnnvit.report.sections import ReportContext
+
+PROFILE = "profile.json"
+
+
+def study_profiles(data: StudyData) -> list[ModelProfile]:
+    """One profile per model, in study order: from the model's first cell that has one."""
+    found: dict[str, ModelProfile] = {}
+    for cell in data.info.cells:
+        path = cell.run_dir / PROFILE
+        if cell.model in found or not path.is_file():
+            continue
+        try:
+            profile = ModelProfile.from_dict(json.loads(path.read_text()))
+        except (ValueError, KeyError, TypeError):
+            continue  # a damaged profile leaves the model out of this section only
+        found[cell.model] = profile
+    return [found[m] for m in data.models if m in found]
+
+
+def profile_tables(ctx: ReportContext) -> dict[str, pd.DataFrame]:
+    return {"cost_profile": pd.DataFrame(profile_rows(study_profiles(ctx.data)))}
+
+
+def profile_figures(ctx: ReportContext) -> dict[str, Figure | None]:
+    profiles = [p for p in study_profiles(ctx.data) if p.sweep]
+    return {"cost_sweep": sweep_figure(profiles) if profiles else None}
+
+
+def render_profile(ctx: ReportContext) -> str:
+    profiles = study_profiles(ctx.data)
+    if not profiles:
+        return note(
+            "No model has a profile.json yet (the study writes one per model once its cells "
+            "have trained; `profile: {enabled: false}` turns it off)."
+        )
+    headers = [
+        "model",
+        "parameters",
+        "size on disk",
+        "GMACs",
+        "latency, batch 1",
+        "inference",
+        "training step",
+        "peak memory, inference / training",
+        "load time",
+    ]
+    rows = [_row(p) for p in profiles]
+    first = profiles[0]
+    explain = note(
+        f"Measured on {first.device_name} ({first.dtype}, batch {first.batch_size}, "
+        f"{first.image_size} px, {first.threads} threads) after warm-up, the device synchronised "
+        "before every clock read: latency median (95th percentile); throughput median "
+        "(interquartile range) in images per second. MACs from torch's FlopCounterMode at the "
+        "study's image size. Peak memory: the device's peak (on a CPU the resident set).",
+        "note",
+    )
+    parts = [table(headers, rows, classes=["name", *["num"] * 8]), explain]
+    if "cost_sweep" in ctx.figures:
+        caption = (
+            "Cost against image side, log-log, batch 1: a ViT's attention grows with the "
+            "square of the token count, a CNN's convolutions linearly with the pixels."
+        )
+        parts.append(img(ctx.figures["cost_sweep"], "cost against image size", caption))
+    return join(parts)
+
+
+def _row(p: ModelProfile) -> list[object]:
+    def rate(spread) -> str:
+        return "-" if spread is None else f"{spread.median:,.1f} img/s"
+
+    memory_train = "-" if p.memory_train is None else f"{p.memory_train.peak_mib:,.0f}"
+    memory_infer = "-" if p.memory_infer is None else f"{p.memory_infer.peak_mib:,.0f}"
+    latency = p.latency_ms
+    return [
+        p.model,
+        f"{p.cost.params_total / 1e6:.2f} M",
+        f"{p.cost.disk_mb:,.1f} MB",
+        f"{p.cost.gmacs:.3g}",
+        "-" if latency is None else f"{latency.median:.2f} ms ({latency.p95:.2f})",
+        rate(p.throughput),
+        rate(p.train_throughput),
+        f"{memory_infer} / {memory_train} MiB",
+        f"{p.load_s:.2f} s",
+    ]
