@@ -15,6 +15,7 @@ spread (min-max) and the ratio of medians are printed. The images are generated 
 Usage::
 
     python benchmarks/inference_pipeline.py --model resnet18                  # 2-core CPU
+    python benchmarks/inference_pipeline.py --model resnet18 --workers 2 --batch-size 16
     python benchmarks/inference_pipeline.py --model resnet50 --device cuda --batch-size 256 \
         --workers 8
 """
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import timm
 import timm.data
 import torch
@@ -62,11 +64,22 @@ def main() -> None:
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=8, help="8 is fastest on 2 CPU cores")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="decoding workers; on 2 CPU cores they compete with the forward pass, so 0",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=64)
+    parser.add_argument(
+        "--variants",
+        default="fp32,bf16",
+        help="cnnvit dtypes to time (channels_last on): fp32 is the baseline's precision; bf16 "
+        "autocast pays off on CPUs with AVX512-BF16/AMX and on GPUs",
+    )
     args = parser.parse_args()
 
     device = resolve_device(args.device)
@@ -79,43 +92,52 @@ def main() -> None:
         paths = [Path(p) for p in splits.train.paths]
         out = Path(tmp) / "out"
 
-        def run_cnnvit(source) -> None:
+        def run_cnnvit(source, dtype: str) -> None:
             evaluate_models(
-                [EvalModel.of(args.model, model)], source, splits.classes, out,
+                [EvalModel.of(args.model, model)], source, splits.classes, out / dtype,
                 batch_size=args.batch_size, num_workers=args.workers, device=str(device),
-                progress=False,
+                precision=dtype, channels_last="on", progress=False,
             )  # fmt: skip
 
+        variants = args.variants.split(",")
         warm = np.arange(min(args.warmup, len(paths)))
         baseline(model, paths[: len(warm)], device)
-        run_cnnvit(splits.train.subset(warm))
-        timings = {"seed 002 loop": [], "cnnvit": []}
+        for dtype in variants:
+            run_cnnvit(splits.train.subset(warm), dtype)
+        work = {"seed 002 loop": lambda: baseline(model, paths, device)}
+        for dtype in variants:
+            work[f"cnnvit {dtype}"] = lambda dtype=dtype: run_cnnvit(splits.train, dtype)
+        timings: dict[str, list[float]] = {name: [] for name in work}
         for _ in range(args.repeats):
-            for name, work in (
-                ("seed 002 loop", lambda: baseline(model, paths, device)),
-                ("cnnvit", lambda: run_cnnvit(splits.train)),
-            ):
+            for name, run in work.items():
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 start = time.perf_counter()
-                work()
+                run()
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 timings[name].append(len(paths) / (time.perf_counter() - start))
+        predictions = {
+            dtype: pd.read_parquet(out / dtype / args.model / "predictions.parquet")["prediction"]
+            for dtype in variants
+        }
 
     print(
         f"{args.model}, {len(paths)} JPEGs at {args.size} px, device {device_name(device)}, "
-        f"torch threads {torch.get_num_threads()}, cnnvit batch {args.batch_size} with "
-        f"{args.workers} workers ({'bf16' if device.type == 'cuda' else 'fp32'}), baseline "
-        f"batch 1 fp32; {args.repeats} repeats"
+        f"torch threads {torch.get_num_threads()}; cnnvit: batch {args.batch_size}, "
+        f"{args.workers} workers, channels_last; baseline: batch 1, fp32, contiguous; "
+        f"{args.repeats} repeats"
     )
+    base = statistics.median(timings["seed 002 loop"])
     for name, rates in timings.items():
+        ratio = statistics.median(rates) / base
         print(
             f"  {name:>14}: {statistics.median(rates):8.1f} images/s "
-            f"(min {min(rates):.1f}, max {max(rates):.1f})"
+            f"(min {min(rates):.1f}, max {max(rates):.1f})  ratio {ratio:.2f}x"
         )
-    ratio = statistics.median(timings["cnnvit"]) / statistics.median(timings["seed 002 loop"])
-    print(f"  ratio cnnvit / seed 002 loop: {ratio:.2f}x")
+    if "fp32" in predictions and "bf16" in predictions:
+        same = (predictions["fp32"] == predictions["bf16"]).mean()
+        print(f"  bf16 and fp32 predict the same class for {100 * same:.2f} % of the images")
 
 
 if __name__ == "__main__":

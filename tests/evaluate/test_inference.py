@@ -17,6 +17,7 @@ from PIL import Image
 from cnnvit.data.readers import read_dataset
 from cnnvit.data.types import ArraySource, DataError
 from cnnvit.evaluate.inference import EvalModel, StageTimer, evaluate_models, evaluation_split
+from cnnvit.profile.speed import Clock
 
 CLASSES = ["a", "b", "c"]
 
@@ -121,7 +122,7 @@ def test_stage_timer_reads_the_clock_only_after_synchronising() -> None:
         events.append("clock")
         return float(len(events))
 
-    timer = StageTimer(synchronize, clock)
+    timer = StageTimer(Clock(synchronize, clock))
     with timer.stage("forward"):
         pending["work"] = True  # enqueue asynchronous work
         events.append("enqueue")

@@ -25,7 +25,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +42,7 @@ from torchvision.transforms import InterpolationMode
 from cnnvit.data.decode import ImageDecodeError, decode_rgb
 from cnnvit.data.types import DataError, FileSource, SkippedFile, Source
 from cnnvit.evaluate.run import write_probabilities
+from cnnvit.profile.speed import Clock
 from cnnvit.train.runtime import device_name, resolve_device
 from cnnvit.ui import progress_bar
 
@@ -117,34 +118,22 @@ class EvalModel:
 
 
 class StageTimer:
-    """Wall time per named stage, each read after the device has finished its queued work.
+    """Wall time per named stage, each clock read after the device has finished its queued
+    work (:class:`cnnvit.profile.speed.Clock`, the profiler's clock)."""
 
-    ``synchronize`` and ``clock`` are injectable so that the ordering (synchronise, then read)
-    can be tested on the CPU with a fake asynchronous device.
-    """
-
-    def __init__(
-        self,
-        synchronize: Callable[[], None],
-        clock: Callable[[], float] = time.perf_counter,
-    ) -> None:
-        self.synchronize = synchronize
+    def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.seconds: dict[str, float] = {}
 
     @classmethod
     def for_device(cls, device: torch.device) -> StageTimer:
-        if device.type == "cuda":
-            return cls(lambda: torch.cuda.synchronize(device))
-        return cls(lambda: None)  # CPU kernels have finished when the call returns
+        return cls(Clock.for_device(device))
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        self.synchronize()
-        start = self.clock()
+        start = self.clock.read()
         yield
-        self.synchronize()
-        self.seconds[name] = self.seconds.get(name, 0.0) + self.clock() - start
+        self.seconds[name] = self.seconds.get(name, 0.0) + self.clock.read() - start
 
 
 # --- the dataset: decode once, one crop per distinct preprocessing ------------------------------
@@ -298,7 +287,7 @@ def evaluate_models(
                     outputs[m.label][1].append(batch.labels)
             if bar is not None:
                 bar.advance(task, len(batch.labels) + len(batch.skipped))
-    timer.synchronize()
+    timer.clock.synchronize()
     wall = time.perf_counter() - wall
     if not indices:
         raise DataError(f"none of the {len(source)} images could be decoded")
