@@ -1,0 +1,164 @@
+"""A model to analyse, with what it needs to see an image as it was trained to: its input size,
+channels and normalisation, its class names and family.
+
+From a run folder (:func:`subject_from_run`: the run's config, latest checkpoint, EMA weights if
+it kept them) or from a model name with weights (:func:`subject_from_name`: timm's pretrained
+config gives size and normalisation, as ``validate.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cnnvit.data.augment import BatchTransform
+
+__all__ = ["RunFolderError", "Subject", "subject_from_name", "subject_from_run"]
+
+
+class RunFolderError(FileNotFoundError):
+    """A folder given as a run is not one, or has no checkpoint."""
+
+
+@dataclass
+class Subject:
+    """A model in eval mode on ``device``, and how to feed it.
+
+    ``prepare`` turns uint8 images (B, C, H, W), any size, 1 or 3 channels, into the normalised
+    float batch (B, channels, image_size, image_size) the model takes.
+    """
+
+    label: str
+    model: nn.Module
+    family: str  # 'cnn' | 'vit' | 'hybrid'
+    classes: list[str]
+    image_size: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    device: torch.device
+    run_dir: Path | None = None
+
+    @property
+    def transform(self) -> BatchTransform:
+        return BatchTransform(self.image_size, self.channels, self.mean, self.std)
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, C, H, W) -> normalised float32 (B, channels, size, size) on the device."""
+        return self.transform(images.to(self.device))
+
+    def unnormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """A prepared batch back to [0, 1] RGB (B, 3, size, size), for overlays."""
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        rgb = (x * std + mean).clamp(0, 1)
+        return rgb.expand(-1, 3, -1, -1) if rgb.shape[1] == 1 else rgb
+
+    @torch.no_grad()
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, C, H, W) -> logits (B, num_classes), float32, on the CPU."""
+        return self.model(self.prepare(images)).float().cpu()
+
+
+def subject_from_run(
+    run_dir: str | Path, *, device: str | torch.device = "cpu", label: str | None = None
+) -> Subject:
+    """The trained model of a run folder (its latest checkpoint; the EMA if it kept one)."""
+    from cnnvit.config import load_run_config
+    from cnnvit.data.pipeline import load_splits, normalization
+    from cnnvit.models.build import build_model
+    from cnnvit.models.registry import model_family
+    from cnnvit.train.checkpoint import load_checkpoint
+    from cnnvit.train.runtime import resolve_device
+
+    run_dir = Path(run_dir)
+    config, results = run_dir / "config.yaml", run_dir / "results.json"
+    if not config.is_file() or not results.is_file():
+        raise RunFolderError(
+            f"{run_dir} is not a run folder (needs config.yaml and results.json); train one with "
+            "`cnnvit train` or give --model NAME --weights FILE"
+        )
+    cfg = load_run_config(config)
+    info = json.loads(results.read_text())
+    ckpt = load_checkpoint(run_dir)
+    if ckpt is None:
+        raise RunFolderError(f"{run_dir} has no checkpoint (looked in {run_dir}/checkpoints)")
+    dev = resolve_device(str(device)) if not isinstance(device, torch.device) else device
+    data_cfg = cfg.data.model_copy(update={"download": False})
+    splits = load_splits(data_cfg)
+    mean, std = normalization(data_cfg, splits, data_cfg.channels)
+    image_size = int(info["image_size"])
+    model = build_model(
+        cfg.model.model_copy(update={"pretrained": False, "weights": None}),
+        num_classes=len(splits.classes),
+        in_chans=data_cfg.channels,
+        img_size=image_size,
+    )
+    weights = ckpt.ema_weights if ckpt.ema_weights is not None else ckpt.weights
+    model.load_state_dict(weights)
+    model.eval().to(dev)
+    return Subject(
+        label=label or cfg.model.name,
+        model=model,
+        family=model_family(model),
+        classes=[str(c) for c in splits.classes],
+        image_size=image_size,
+        channels=data_cfg.channels,
+        mean=tuple(mean),
+        std=tuple(std),
+        device=dev,
+        run_dir=run_dir,
+    )
+
+
+def subject_from_name(
+    name: str,
+    *,
+    classes: list[str],
+    weights: str | Path | None = None,
+    pretrained: bool = False,
+    image_size: int | None = None,
+    channels: int = 3,
+    device: str | torch.device = "cpu",
+    label: str | None = None,
+    **model_kwargs: object,
+) -> Subject:
+    """A timm model or built-in with ``weights`` (a file or a Hugging Face ViT folder), the
+    published weights (``pretrained``), or neither (random: only useful in tests). Size and
+    normalisation come from timm's data config for the model, as ``validate.py``;
+    ``model_kwargs`` go to the constructor (``reg_tokens=4``)."""
+    import timm
+
+    from cnnvit.models.registry import create_model, model_family
+    from cnnvit.train.runtime import resolve_device
+
+    model = create_model(
+        name,
+        num_classes=len(classes),
+        in_chans=channels,
+        img_size=image_size,
+        pretrained=pretrained and weights is None,
+        weights=weights,
+        **model_kwargs,
+    )
+    cfg = timm.data.resolve_data_config({}, model=model)
+    mean, std = tuple(float(m) for m in cfg["mean"]), tuple(float(s) for s in cfg["std"])
+    if channels == 1 and len(mean) == 3:
+        mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+    dev = resolve_device(str(device)) if not isinstance(device, torch.device) else device
+    model.eval().to(dev)
+    return Subject(
+        label=label or name,
+        model=model,
+        family=model_family(model),
+        classes=list(classes),
+        image_size=image_size or int(cfg["input_size"][-1]),
+        channels=channels,
+        mean=mean,
+        std=std,
+        device=dev,
+    )
