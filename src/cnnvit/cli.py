@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from cnnvit.cli_analyze import add_analysis_commands
 from cnnvit.config import ConfigError, load_run_config
 
 # Flags that are shortcuts for config keys; everything else goes through --set.
@@ -204,6 +205,11 @@ def cmd_classify(args: argparse.Namespace) -> int:
     if args.json:
         rows = [vars(p) for p in predictions]
         args.json.write_text(json.dumps(rows, indent=2))
+    if args.cam:
+        from cnnvit.cli_analyze import write_classify_cams
+
+        path = write_classify_cams(args.images, models, names, args.cam, args.cam_method)
+        console.print(f"wrote {path}")
     return 0
 
 
@@ -428,6 +434,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", help="auto, cpu, cuda")
     p.add_argument("--json", type=Path, help="also write the predictions as JSON")
+    p.add_argument(
+        "--cam",
+        type=Path,
+        metavar="PNG",
+        help="also write each model's Grad-CAM for its top class, side by side, to this PNG",
+    )
+    p.add_argument(
+        "--cam-method",
+        default="gradcam",
+        choices=["gradcam", "gradcam++", "scorecam", "eigencam", "layercam"],
+    )
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser(
@@ -463,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--names", nargs=2, metavar=("A", "B"), help="names for the two models")
     p.add_argument("--alpha", type=float, default=0.05, help="test level (default 0.05)")
     p.set_defaults(func=cmd_agree)
+
+    add_analysis_commands(sub)
 
     p = sub.add_parser("compare", help="run a whole study (models x sizes x seeds) and its report")
     p.add_argument(

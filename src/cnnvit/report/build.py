@@ -34,6 +34,7 @@ def write_report(study_dir: Path | str, sections: Sequence[Section] = SECTIONS) 
     _write_frame(data.results, root / "results.csv", parquet=True)
     _write_frame(data.summary, root / "summary.csv")
     ctx = ReportContext(data)
+    sections = [s for s in sections if s.is_shown(ctx)]
     for section in sections:
         _build_section_outputs(section, ctx, root)
     page = render_page(ctx, sections, render_header(ctx))

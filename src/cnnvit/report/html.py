@@ -153,6 +153,7 @@ window.addEventListener("load", function () {
 
 def render_page(ctx: ReportContext, sections: Sequence[Section], header: Markup) -> str:
     """The whole page: header, table of contents, one ``<section id=...>`` per section."""
+    sections = [s for s in sections if s.is_shown(ctx)]
     toc = join(tag("a", s.title, href=f"#{s.id}") for s in sections)
     body = join(
         Markup(f'<section id="{esc(s.id)}">{tag("h2", s.title)}{s.render(ctx)}</section>')

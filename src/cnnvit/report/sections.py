@@ -25,6 +25,13 @@ from cnnvit.report.agreement import (
     render_agreement,
     study_agreement,
 )
+from cnnvit.report.analysis_sections import (
+    ANALYSIS_SECTIONS,
+    analysis_renderer,
+    analysis_shown,
+    any_not_run,
+    render_not_run,
+)
 from cnnvit.report.collect import StudyData
 from cnnvit.report.html import Markup, esc, img, join, note, table, tag
 from cnnvit.report.profile_section import profile_figures, profile_tables, render_profile
@@ -97,6 +104,10 @@ class Section:
     render: Callable[[ReportContext], str]
     figures: Callable[[ReportContext], dict[str, Figure | None]] | None = None
     tables: Callable[[ReportContext], dict[str, pd.DataFrame]] | None = None
+    shown: Callable[[ReportContext], bool] | None = None  # None: always
+
+    def is_shown(self, ctx: ReportContext) -> bool:
+        return self.shown is None or self.shown(ctx)
 
 
 # --- header ----------------------------------------------------------------------------------
@@ -466,6 +477,11 @@ SECTIONS: list[Section] = [
         figures=agreement_figures,
         tables=agreement_tables,
     ),
+    *(
+        Section(section_id, title, analysis_renderer(name), shown=analysis_shown(name))
+        for name, (section_id, title, _) in ANALYSIS_SECTIONS.items()
+    ),
+    Section("analyses-not-run", "Analyses not run", render_not_run, shown=any_not_run),
     Section("cells", "Cells", render_cells, tables=cell_tables),
 ]
 

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -96,6 +96,64 @@ class StudyProfile(StrictModel):
     train: bool = Field(True, description="also time a training step")
 
 
+ANALYSES = ("gradcam", "attention", "featuremaps", "cka", "knn", "shape_bias", "robustness")
+Analysis = Literal["gradcam", "attention", "featuremaps", "cka", "knn", "shape_bias", "robustness"]
+
+
+class GradcamOptions(StrictModel):
+    method: Literal["gradcam", "gradcam++", "scorecam", "eigencam", "layercam"] = "gradcam"
+    layers: Literal["stages", "blocks"] = Field(
+        "stages", description="CNN: stage outputs or every residual block; ViT: every block"
+    )
+    num_images: int = Field(8, gt=0, description="rows of each model's grid")
+
+
+class CkaOptions(StrictModel):
+    layers: Literal["stages", "blocks", "all"] = Field(
+        "blocks", description="all: every conv, linear, norm and activation layer too"
+    )
+    batch_size: int = Field(64, ge=4, description="minibatch size (the estimator needs n > 3)")
+    images: int = Field(1000, gt=0, description="validation images")
+
+
+class KnnOptions(StrictModel):
+    ks: list[int] = Field(default_factory=lambda: [1, 5, 20])
+    max_index: int | None = Field(
+        50000, gt=0, description="training images in the index (stratified); null = all"
+    )
+    max_queries: int | None = Field(None, gt=0, description="validation queries; null = all")
+
+
+class ShapeBiasOptions(StrictModel):
+    num_images: int = Field(200, gt=0, description="generated cue-conflict images")
+    folder: Path | None = Field(
+        None, description="a cue-conflict folder in model-vs-human's layout, instead"
+    )
+
+
+class RobustnessOptions(StrictModel):
+    images: int = Field(500, gt=0, description="validation images")
+    corruptions: list[str] | None = Field(None, description="null = all of them")
+    severities: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
+
+
+class AnalysisOptions(StrictModel):
+    """Which trained cells the analyses look at, and each analysis's settings."""
+
+    fraction: float | None = Field(
+        None, description="training size whose cells are analysed; null = the largest"
+    )
+    seed: int | None = Field(None, description="seed whose cells are analysed; null = the first")
+    images: int = Field(
+        500, gt=0, description="validation images for attention distances and feature maps"
+    )
+    gradcam: GradcamOptions = Field(default_factory=GradcamOptions)
+    cka: CkaOptions = Field(default_factory=CkaOptions)
+    knn: KnnOptions = Field(default_factory=KnnOptions)
+    shape_bias: ShapeBiasOptions = Field(default_factory=ShapeBiasOptions)
+    robustness: RobustnessOptions = Field(default_factory=RobustnessOptions)
+
+
 class StudyConfig(StrictModel):
     name: str = "study"
     data: DataConfig = Field(default_factory=DataConfig)
@@ -105,6 +163,10 @@ class StudyConfig(StrictModel):
     recipe: Recipe = Field(default_factory=Recipe)
     grid: Grid = Field(default_factory=Grid)
     profile: StudyProfile = Field(default_factory=StudyProfile)
+    analysis: list[Analysis] = Field(
+        default_factory=list, description=f"analyses run after training: {', '.join(ANALYSES)}"
+    )
+    analysis_options: AnalysisOptions = Field(default_factory=AnalysisOptions)
 
     @model_validator(mode="before")
     @classmethod

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from cnnvit.study.analysis import run_analyses
 from cnnvit.study.config import Cell, StudyConfig, cells
 from cnnvit.train.checkpoint import latest_checkpoint_dir
 from cnnvit.train.run import RunFolderError, resume, train
@@ -52,6 +53,7 @@ def run_study(
                 bar.advance(task)
     if study.profile.enabled:
         profile_models(study, grid, progress=progress)
+    run_analyses(study, grid, out_dir, progress=progress)
     _write_study_json(out_dir, study, grid, command, finished=True)
     return outcomes
 
@@ -154,14 +156,24 @@ def _claim_folder(study: StudyConfig, out_dir: Path) -> None:
     path = out_dir / "study.yaml"
     resolved = study.model_dump(mode="json")
     if path.is_file():
-        earlier = yaml.safe_load(path.read_text())
-        if earlier != resolved:
+        earlier = yaml.safe_load(path.read_text()) or {}
+        if _trained_part(earlier) != _trained_part(resolved):
             raise RunFolderError(
                 f"{out_dir} holds a different study (see {path}); choose another --out, "
                 "or delete that folder to start again"
             )
-        return
+        if earlier == resolved:
+            return
     path.write_text(yaml.safe_dump(resolved, sort_keys=False))
+
+
+# Settings of the stages after training: changing them keeps the trained cells (a re-run
+# profiles or analyses what is new) instead of refusing the folder.
+AFTER_TRAINING = ("profile", "analysis", "analysis_options")
+
+
+def _trained_part(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in AFTER_TRAINING}
 
 
 def _write_study_json(
