@@ -98,9 +98,11 @@ class LayerRecorder:
 @contextmanager
 def preserved(model: nn.Module) -> Iterator[nn.Module]:
     """Run an analysis on ``model`` and put back what analyses switch: train/eval mode of every
-    module, ``requires_grad`` of every parameter, and timm's ``fused_attn`` flags."""
+    module, ``requires_grad`` and ``.grad`` of every parameter (a CAM's backward pass zeroes and
+    fills them), and timm's ``fused_attn`` flags."""
     modes = {m: m.training for m in model.modules()}
     grads = {p: p.requires_grad for p in model.parameters()}
+    stored = {p: p.grad for p in model.parameters()}
     fused = {m: m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")}
     try:
         yield model
@@ -109,5 +111,6 @@ def preserved(model: nn.Module) -> Iterator[nn.Module]:
             m.training = training
         for p, flag in grads.items():
             p.requires_grad_(flag)
+            p.grad = stored[p]
         for m, flag in fused.items():
             m.fused_attn = flag

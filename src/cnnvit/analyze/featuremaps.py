@@ -1,0 +1,326 @@
+"""CNN feature maps: what each convolution responds to, channel-averaged, as a grid.
+
+Every convolution's output is averaged over its channels inside the forward hook (so memory is
+one (B, h, w) map per layer, whatever the channel count), for a few images. A ViT has no
+convolution but its patch embedding, so it is listed as skipped; a hybrid shows its conv block.
+
+The image-grid drawing here (:func:`mosaic_figure`) is shared by the Grad-CAM grids: one image
+axes per figure, because a hundred matplotlib axes cost seconds to lay out on a small CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib as mpl
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from cnnvit.analyze.hooks import LayerRecorder, named_module, preserved
+from cnnvit.analyze.images import ImageSet, stratified_indices
+from cnnvit.analyze.layers import conv_layers, resolve_layers, token_layout, transformer_of
+from cnnvit.analyze.subject import Subject
+from cnnvit.report.figures import STYLE, plain, save_png
+
+__all__ = [
+    "MAX_COLUMNS",
+    "Cell",
+    "FeatureMaps",
+    "feature_maps",
+    "featuremap_layers",
+    "file_stems",
+    "mosaic_figure",
+    "run_featuremaps",
+    "sample_indices",
+    "shown_columns",
+    "wrap_name",
+]
+
+MAX_COLUMNS = 16  # layer columns drawn in a grid; more are subsampled evenly, first and last kept
+
+
+# --- feature maps --------------------------------------------------------------------------
+
+
+@dataclass
+class FeatureMaps:
+    """``maps[i]`` float32 (B, h, w): layer i's output averaged over channels; ``shapes[i]``
+    its (C, h, w) per image."""
+
+    maps: list[np.ndarray]
+    layers: list[str]
+    shapes: list[tuple[int, int, int]]
+
+
+def feature_maps(
+    subject: Subject, images_uint8: torch.Tensor, *, layers: str | Sequence[str] = "convs"
+) -> FeatureMaps:
+    """Channel-averaged outputs of ``layers`` (default: every convolution) for a batch of uint8
+    images (B, C, H, W), from one forward pass. ViT token outputs (B, N, C) are laid on the
+    token grid first; other shapes are refused."""
+    model = subject.model
+    names = resolve_layers(model, layers)
+    if not names:
+        raise ValueError(f"{subject.label} has no layers for {layers!r}; name modules explicitly")
+    layout = token_layout(model)
+
+    def as_map(t: torch.Tensor) -> torch.Tensor:
+        if t.ndim == 3 and layout is not None:
+            t = layout.to_map(t)  # (B, C, rows, cols)
+        if t.ndim != 4:
+            raise ValueError(
+                f"feature maps need (B, C, h, w) outputs, got {tuple(t.shape)}; choose conv layers"
+            )
+        return t
+
+    def mean(t: torch.Tensor) -> torch.Tensor:
+        return as_map(t).detach().float().mean(dim=1).cpu()  # (B, h, w)
+
+    def shape(t: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(as_map(t).shape[1:])  # (C, h, w)
+
+    with (
+        preserved(model),
+        torch.no_grad(),
+        LayerRecorder(model, names, mean) as means,
+        LayerRecorder(model, names, shape) as shapes,
+    ):
+        model.eval()
+        model(subject.prepare(images_uint8))
+    return FeatureMaps(
+        maps=[m.numpy() for m in means.ordered()],
+        layers=names,
+        shapes=[tuple(int(v) for v in s) for s in shapes.ordered()],
+    )
+
+
+def featuremap_layers(model: nn.Module) -> list[str]:
+    """The convolutions worth showing: all of a CNN's, a hybrid's conv block; a ViT's patch
+    embedding projection left out (one linear map of each patch, not a feature map)."""
+    vit = transformer_of(model)
+    patchify = None if vit is None else getattr(vit.patch_embed, "proj", None)
+    return [n for n in conv_layers(model) if named_module(model, n) is not patchify]
+
+
+# --- the analysis --------------------------------------------------------------------------
+
+
+def run_featuremaps(
+    subjects: Sequence[Subject],
+    images: ImageSet,
+    out_dir: Path,
+    *,
+    num_images: int = 4,
+    progress: bool = True,
+) -> dict:
+    """For each model with convolutions, a grid ``featuremaps_<model>.png`` (rows: images,
+    columns: the input then each convolution's channel-averaged map); ``featuremaps.json``
+    lists per model the layers, their (C, h, w) shapes and the figure, or why it was skipped."""
+    from cnnvit.ui import progress_bar
+
+    if not subjects:
+        raise ValueError("no models to analyse: give at least one subject")
+    labels = [s.label for s in subjects]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"model labels must be unique, got {labels}; pass label= to tell apart")
+    if num_images < 1 or len(images) == 0:
+        raise ValueError(f"need at least one image (num_images={num_images}, {len(images)} given)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    indices = sample_indices(images, num_images)
+    sample = images.take(indices)
+    models = []
+    with progress_bar(progress) as bar:
+        task = None if bar is None else bar.add_task("feature maps", total=len(subjects), rate="")
+        for subject, stem in zip(subjects, file_stems(labels), strict=True):
+            models.append(_one_model(subject, sample, out_dir, f"featuremaps_{stem}.png"))
+            if bar is not None:
+                bar.update(task, advance=1, rate=subject.label)
+    summary = {
+        "analysis": "featuremaps",
+        "num_images": len(sample),
+        "batch_size": len(sample),
+        "images": images.name,
+        "image_indices": [int(i) for i in indices],
+        "labels": [images.classes[int(k)] for k in sample.labels],
+        "max_columns": MAX_COLUMNS,
+        "models": models,
+    }
+    (out_dir / "featuremaps.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _one_model(subject: Subject, sample: ImageSet, out_dir: Path, figure: str) -> dict:
+    entry: dict = {"label": subject.label, "family": subject.family, "device": str(subject.device)}
+    layers = featuremap_layers(subject.model)
+    if not layers:
+        reason = (
+            "no convolutions beyond the patch embedding"
+            if transformer_of(subject.model) is not None
+            else "no convolutions"
+        )
+        return {**entry, "skipped": reason}
+    start = time.perf_counter()
+    found = feature_maps(subject, sample.images, layers=layers)
+    shown = shown_columns(len(layers))
+    save_png(_grid_figure(subject, sample, found, shown), out_dir / figure)
+    return {
+        **entry,
+        "image_size": subject.image_size,
+        "layers": found.layers,
+        "shapes": [list(s) for s in found.shapes],
+        "shown": [found.layers[i] for i in shown],
+        "figure": figure,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def _grid_figure(
+    subject: Subject, sample: ImageSet, found: FeatureMaps, shown: list[int]
+) -> Figure:
+    with torch.no_grad():
+        rgb = subject.unnormalize(subject.prepare(sample.images))  # (N, 3, S, S)
+    rgb_np = rgb.permute(0, 2, 3, 1).float().cpu().numpy()  # (N, S, S, 3)
+    viridis = mpl.colormaps["viridis"]
+    rows = []
+    for r in range(len(sample)):
+        row = [Cell(rgb_np[r], subject.classes[int(sample.labels[r])])]
+        for i in shown:
+            _, h, w = found.shapes[i]
+            header = f"{wrap_name(found.layers[i])}\n{h}×{w}" if r == 0 else ""
+            row.append(Cell(viridis(_own_range(found.maps[i][r]))[..., :3], header))
+        rows.append(row)
+    hidden = len(found.layers) - len(shown)
+    more = f" ({len(shown)} of {len(found.layers)} convolutions shown)" if hidden else ""
+    title = f"{subject.label}: channel-mean activation after each convolution{more}"
+    return mosaic_figure(rows, title)
+
+
+def _own_range(m: np.ndarray) -> np.ndarray:
+    """A map scaled to [0, 1] over its own range (a constant map is 0)."""
+    low, high = float(m.min()), float(m.max())
+    return (m - low) / (high - low) if high > low else np.zeros_like(m)
+
+
+# --- shared helpers for image-grid analyses ------------------------------------------------
+
+
+def sample_indices(images: ImageSet, count: int) -> np.ndarray:
+    """Indices of at most ``count`` images, stratified by class (as ``ImageSet.subset``)."""
+    if count >= len(images):
+        return np.arange(len(images))
+    return stratified_indices(images.labels.numpy(), count, 0)
+
+
+def file_stems(labels: Sequence[str]) -> list[str]:
+    """File-name-safe, distinct stems for model labels (``a/b`` -> ``a_b``; clashes numbered)."""
+    stems: list[str] = []
+    for label in labels:
+        stem = re.sub(r"[^A-Za-z0-9._+-]", "_", str(label)).strip(".") or "model"
+        base, n = stem, 2
+        while stem in stems:
+            stem, n = f"{base}-{n}", n + 1
+        stems.append(stem)
+    return stems
+
+
+def shown_columns(count: int, limit: int = MAX_COLUMNS) -> list[int]:
+    """Indices of at most ``limit`` of ``count`` layers, evenly spread, first and last kept."""
+    if count <= limit:
+        return list(range(count))
+    return sorted({int(i) for i in np.linspace(0, count - 1, limit).round()})
+
+
+@dataclass
+class Cell:
+    """One picture of a grid: (h, w, 3) float in [0, 1] or uint8, a title above it."""
+
+    picture: np.ndarray
+    title: str = ""
+    color: str = "black"
+
+
+def mosaic_figure(
+    rows: Sequence[Sequence[Cell]],
+    title: str,
+    *,
+    cell_inches: float = 1.2,
+    fontsize: float = 7,
+) -> Figure:
+    """A grid of pictures (rows of cells, each ``cell_inches`` wide) with a title over each
+    cell, drawn as ONE image (pictures resized, nearest, to the largest side) on one axes."""
+    pictures = [[_as_rgb(c.picture) for c in row] for row in rows]
+    title_lines = max(c.title.count("\n") + 1 for row in rows for c in row)
+    side = max(max(p.shape[0], p.shape[1]) for row in pictures for p in row)
+    title_in = fontsize / 72 * 1.25 * title_lines + 0.06  # inches of text above each cell
+    header_in, pad_in = 0.35, 0.06
+    gap = math.ceil(side * title_in / cell_inches)  # pixels of title room above each cell
+    pad = max(1, round(side * pad_in / cell_inches))  # pixels between columns
+    n_rows, n_cols = len(pictures), max(len(row) for row in pictures)
+    mosaic = np.ones((n_rows * (gap + side), n_cols * (side + pad) - pad, 3), np.float32)
+    for r, row in enumerate(pictures):
+        for c, picture in enumerate(row):
+            top, left = r * (gap + side) + gap, c * (side + pad)
+            mosaic[top : top + side, left : left + side] = _resized(picture, side)
+    width = mosaic.shape[1] / side * cell_inches
+    height = mosaic.shape[0] / side * cell_inches + header_in
+    with mpl.rc_context({**STYLE, "axes.grid": False}):
+        fig = Figure(figsize=(width, height))
+        ax = fig.add_axes((0.0, 0.0, 1.0, 1 - header_in / height))
+        ax.imshow(mosaic, aspect="auto", interpolation="nearest")
+        ax.set_axis_off()
+        for r, row in enumerate(rows):
+            for c, cell in enumerate(row):
+                if cell.title:
+                    x, y = c * (side + pad) + side / 2, r * (gap + side) + gap - 0.5
+                    ax.text(
+                        x,
+                        y,
+                        plain(cell.title),
+                        ha="center",
+                        va="bottom",
+                        fontsize=fontsize,
+                        color=cell.color,
+                    )
+        fig.text(0.5, 1 - 0.5 * header_in / height, plain(title), ha="center", va="center")
+    return fig
+
+
+def wrap_name(name: str, width: int = 16) -> str:
+    """A module name broken after dots into lines of about ``width`` characters, so that long
+    names (``layer4.0.downsample.0``) stay over their own cell."""
+    lines = [""]
+    for part in re.split(r"(?<=\.)", name):
+        if lines[-1] and len(lines[-1]) + len(part) > width:
+            lines.append("")
+        lines[-1] += part
+    return "\n".join(lines)
+
+
+def _as_rgb(picture: np.ndarray) -> np.ndarray:
+    """(h, w), (h, w, 1) or (h, w, 3), uint8 or float -> float32 (h, w, 3) in [0, 1]."""
+    p = np.asarray(picture)
+    p = p.astype(np.float32) / 255 if p.dtype == np.uint8 else p.astype(np.float32)
+    if p.ndim == 2:
+        p = p[..., None]
+    return np.clip(np.repeat(p, 3, axis=2) if p.shape[2] == 1 else p[..., :3], 0, 1)
+
+
+def _resized(picture: np.ndarray, side: int) -> np.ndarray:
+    """(h, w, 3) -> (side, side, 3), nearest: a 4 x 4 map shows as 4 x 4 blocks."""
+    if picture.shape[:2] == (side, side):
+        return picture
+    t = torch.from_numpy(np.ascontiguousarray(picture)).permute(2, 0, 1)[None]  # (1, 3, h, w)
+    return (
+        torch.nn.functional.interpolate(t, size=(side, side), mode="nearest")[0]
+        .permute(1, 2, 0)
+        .numpy()
+    )
