@@ -156,8 +156,9 @@ def conv_layers(model: nn.Module) -> list[str]:
 
 
 def every_layer(model: nn.Module) -> list[str]:
-    """Convolutions, linear layers, normalisations and activations, plus ViT blocks, in
-    registration order; the classifier head excluded."""
+    """Convolutions, linear layers, normalisations and activations, in registration order
+    (forward order for timm models); the classifier head excluded. A module called twice in one
+    forward pass (torchvision's shared ``relu``) is recorded at its last call."""
     head = {n for n, _ in _classifier_modules(model)}
     keep = (*_CONV, *_NORM, *_ACT, nn.Linear)
     names = [
