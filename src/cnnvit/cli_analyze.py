@@ -190,9 +190,7 @@ def cmd_similarity(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=not args.no_progress,
     )
-    _print_json_summary(result)
-    _wrote(out)
-    return 0
+    return _finish(result, out)
 
 
 @_analysis_errors
@@ -212,9 +210,7 @@ def cmd_knn(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=not args.no_progress,
     )
-    _print_json_summary(result)
-    _wrote(out)
-    return 0
+    return _finish(result, out)
 
 
 @_analysis_errors
@@ -232,9 +228,7 @@ def cmd_shape_bias(args: argparse.Namespace) -> int:
         num_images=args.num_images,
         progress=not args.no_progress,
     )
-    _print_json_summary(result)
-    _wrote(out)
-    return 0
+    return _finish(result, out)
 
 
 @_analysis_errors
@@ -253,21 +247,23 @@ def cmd_robustness(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=not args.no_progress,
     )
-    _print_json_summary(result)
-    _wrote(out)
-    return 0
+    return _finish(result, out)
 
 
-def _print_json_summary(result: dict[str, Any]) -> None:
-    """The analysis's per-model headline numbers (scalars only), as compact JSON on stdout."""
+def _finish(result: dict[str, Any], out: Path) -> int:
+    """Print the per-model headline numbers (scalars only) as JSON on stdout, then the files."""
     models = result.get("models")
-    if isinstance(models, dict):
+    if isinstance(models, list):
         rows = {
-            label: {k: v for k, v in numbers.items() if isinstance(v, (int, float, str))}
-            for label, numbers in models.items()
-            if isinstance(numbers, dict)
+            str(m.get("label")): {
+                k: v for k, v in m.items() if isinstance(v, (int, float, str)) and k != "label"
+            }
+            for m in models
+            if isinstance(m, dict)
         }
         print(json.dumps(rows, indent=2))
+    _wrote(out)
+    return 0
 
 
 def add_analysis_commands(sub: argparse._SubParsersAction) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cnnvit.report.html import Markup, img, join, note, table, tag
+from cnnvit.report.html import Markup, folder_figure, join, note, table, tag
 
 GRADCAM_JSON = "gradcam.json"
 
@@ -52,7 +52,7 @@ def render_gradcam(folder: Path) -> Markup:
         ),
     ]
     parts.append(
-        _figure(
+        folder_figure(
             folder,
             str(result.get("area_figure", "gradcam_area.png")),
             "CAM area against relative depth",
@@ -66,16 +66,11 @@ def render_gradcam(folder: Path) -> Markup:
             "→ the model's prediction (red when wrong)."
         )
         parts.append(
-            _figure(folder, str(m.get("figure", "")), f"Grad-CAM grid of {m['label']}", caption)
+            folder_figure(
+                folder, str(m.get("figure", "")), f"Grad-CAM grid of {m['label']}", caption
+            )
         )
     return join(parts)
-
-
-def _figure(folder: Path, name: str, alt: str, caption: str) -> Markup:
-    path = folder / name
-    if not name or not path.is_file():
-        return note(f"A figure is missing: {path}.")
-    return img(path.read_bytes(), alt, caption)
 
 
 def _area(value: object) -> str:

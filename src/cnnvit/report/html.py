@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import html
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -55,6 +56,18 @@ def img(png: bytes, alt: str, caption: object = "") -> Markup:
     image = Markup(f'<img src="data:image/png;base64,{data}" alt="{esc(alt)}">')
     cap = tag("figcaption", caption) if caption else Markup("")
     return Markup(f"<figure>{image}{cap}</figure>")
+
+
+def folder_figure(folder: Path, name: object, alt: str, caption: object = "") -> Markup:
+    """The PNG ``name`` of an analysis folder as a figure (only files directly in ``folder``:
+    a name from a JSON file cannot reach elsewhere); a note when it is missing; nothing when
+    no name is given."""
+    if not isinstance(name, str) or not name:
+        return Markup("")
+    path = folder / Path(name).name
+    if not path.is_file():
+        return note(f"Figure {path.name} is missing from {folder}.")
+    return img(path.read_bytes(), alt, caption)
 
 
 def note(text: object, kind: str = "missing") -> Markup:

@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from cnnvit.report.html import Markup, img, join, note, table, tag
+from cnnvit.report.html import Markup, folder_figure, join, note, table, tag
 
 RESULT = "robustness.json"
 
@@ -49,7 +49,7 @@ def render_robustness(folder: Path) -> Markup:
     )
     figures = result.get("figures") or {}
     parts.append(
-        _figure(
+        folder_figure(
             folder,
             figures.get("accuracy"),
             "accuracy against severity",
@@ -57,7 +57,7 @@ def render_robustness(folder: Path) -> Markup:
         )
     )
     parts.append(
-        _figure(
+        folder_figure(
             folder,
             figures.get("examples"),
             "corruption examples",
@@ -91,12 +91,3 @@ def _row(m: dict, names: list) -> list:
         _pct(m.get("relative_accuracy")),
         *[_pct(by.get(n)) for n in names],
     ]
-
-
-def _figure(folder: Path, name: object, alt: str, caption: str) -> Markup:
-    if not isinstance(name, str) or not name:
-        return Markup("")
-    path = folder / Path(name).name  # only files of this folder
-    if not path.is_file():
-        return note(f"Figure {path.name} is missing from {folder}.")
-    return img(path.read_bytes(), alt, caption)

@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from cnnvit.report.html import Markup, img, join, note, table, tag
+from cnnvit.report.html import Markup, folder_figure, join, note, table, tag
 
 RESULT = "shape_bias.json"
 
@@ -28,7 +28,7 @@ def render_shape_bias(folder: Path) -> Markup:
     parts = [_source(settings), _table(models)]
     figures = result.get("figures") or {}
     parts.append(
-        _figure(
+        folder_figure(
             folder,
             figures.get("shape_bias"),
             "shape bias per model",
@@ -39,7 +39,7 @@ def render_shape_bias(folder: Path) -> Markup:
         )
     )
     parts.append(
-        _figure(
+        folder_figure(
             folder,
             figures.get("examples"),
             "cue-conflict examples",
@@ -51,7 +51,7 @@ def render_shape_bias(folder: Path) -> Markup:
         name = m.get("texture_figure")
         if name:
             parts.append(
-                _figure(
+                folder_figure(
                     folder,
                     name,
                     f"{m.get('label')}: classified by texture",
@@ -102,12 +102,3 @@ def _fmt(value: object) -> str:
     if isinstance(value, (int, float)) and not math.isnan(value):
         return f"{value:.2f}"
     return "- (no hits)"
-
-
-def _figure(folder: Path, name: object, alt: str, caption: str) -> Markup:
-    if not isinstance(name, str) or not name:
-        return Markup("")
-    path = folder / Path(name).name  # only files of this folder
-    if not path.is_file():
-        return note(f"Figure {path.name} is missing from {folder}.")
-    return img(path.read_bytes(), alt, caption)
