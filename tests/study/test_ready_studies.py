@@ -81,6 +81,10 @@ def _cells(study_dir: Path) -> dict[str, dict[str, Any]]:
     """Each cell's results.json and resolved config, by cell id; every cell completed."""
     meta = json.loads((study_dir / "study.json").read_text())
     assert (study_dir / "report.html").is_file()
+    for name in yaml.safe_load((study_dir / "study.yaml").read_text()).get("analysis") or []:
+        folder = study_dir / "analysis" / name
+        assert not (folder / "error.txt").exists(), (folder / "error.txt").read_text()
+        assert (folder / "run.json").is_file(), name
     out = {}
     for cell in meta["cells"]:
         run = study_dir / "runs" / cell["id"]

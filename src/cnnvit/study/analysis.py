@@ -196,12 +196,16 @@ def _knn(study: StudyConfig, inputs: _Inputs, folder: Path) -> None:
     from cnnvit.analyze.knn import run_knn
 
     o = study.analysis_options.knn
+    index = inputs.train(o.max_index)
+    ks = tuple(k for k in o.ks if k <= len(index)) or (len(index),)
+    if ks != tuple(o.ks):  # a tiny training set: k cannot exceed the index
+        console.print(f"[yellow]kNN: {len(index)} training images, so k = {list(ks)}[/]")
     run_knn(
         inputs.subjects,
-        inputs.train(o.max_index),
+        index,
         inputs.val.subset(o.max_queries),
         folder,
-        ks=tuple(o.ks),
+        ks=ks,
         progress=inputs.progress,
     )
 
