@@ -274,3 +274,24 @@ def test_render_gradcam_embeds_figures_and_escapes_labels(tmp_path, trained_cnn)
     assert "missing" in render_gradcam(empty)
     (empty / "gradcam.json").write_text("{not json")
     assert "damaged" in render_gradcam(empty)
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "stages"),
+    [
+        ("gresnet18", 32, 5),  # seed 003's GResNet: stem + 4 stages
+        ("resnet18_cifar", 32, 5),
+        ("vit_small_data", 32, 6),  # seed 004's ViT: patch 4, 6 blocks
+        ("convnext_atto", 64, 4),  # a modernised timm ResNet
+    ],
+)
+def test_cams_for_the_other_built_ins_and_timm_cnns(name, size, stages):
+    subject = make_subject(name, image_size=size)
+    images = pattern_images(2, size=size, seed=5)
+    x = subject.prepare(images.images)
+    with torch.no_grad():
+        before = subject.model(x)
+    result = compute_cams(subject, images.images, labels=images.labels)
+    _check_maps(result.maps, stages, 2, size)
+    with torch.no_grad():
+        assert torch.equal(subject.model(x), before)
