@@ -38,8 +38,8 @@ from torch import nn
 from cnnvit.analyze.featuremaps import (
     Cell,
     file_stems,
+    grid_sample,
     mosaic_figure,
-    sample_indices,
     shown_columns,
 )
 from cnnvit.analyze.hooks import LayerRecorder, named_module, preserved
@@ -346,12 +346,7 @@ def run_gradcam(
     if target not in TARGETS:
         raise ValueError(f"unknown CAM target {target!r}: use 'label' or 'predicted'")
     _check_labels(subjects)
-    if num_images < 1 or len(images) == 0:
-        raise ValueError(f"need at least one image (num_images={num_images}, {len(images)} given)")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    indices = sample_indices(images, num_images)
-    sample = images.take(indices)
+    indices, sample, out_dir = grid_sample(images, num_images, out_dir)
     stems = file_stems([s.label for s in subjects])
     models = []
     with progress_bar(progress) as bar:

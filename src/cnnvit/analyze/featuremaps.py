@@ -131,12 +131,7 @@ def run_featuremaps(
     labels = [s.label for s in subjects]
     if len(set(labels)) != len(labels):
         raise ValueError(f"model labels must be unique, got {labels}; pass label= to tell apart")
-    if num_images < 1 or len(images) == 0:
-        raise ValueError(f"need at least one image (num_images={num_images}, {len(images)} given)")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    indices = sample_indices(images, num_images)
-    sample = images.take(indices)
+    indices, sample, out_dir = grid_sample(images, num_images, out_dir)
     models = []
     with progress_bar(progress) as bar:
         task = None if bar is None else bar.add_task("feature maps", total=len(subjects), rate="")
@@ -211,6 +206,17 @@ def _own_range(m: np.ndarray) -> np.ndarray:
 
 
 # --- shared helpers for image-grid analyses ------------------------------------------------
+
+
+def grid_sample(images: ImageSet, count: int, out_dir: Path) -> tuple[np.ndarray, ImageSet, Path]:
+    """The stratified images a grid shows (their indices and the subset), and ``out_dir``
+    created; no images is an error."""
+    if count < 1 or len(images) == 0:
+        raise ValueError(f"need at least one image (num_images={count}, {len(images)} given)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    indices = sample_indices(images, count)
+    return indices, images.take(indices), out_dir
 
 
 def sample_indices(images: ImageSet, count: int) -> np.ndarray:
