@@ -97,6 +97,9 @@ def test_report_shows_a_section_with_figures_per_analysis(analysed: Path):
         assert "data:image/png;base64," in body, section
         assert "Analysed cells: resnet_mini-f1-s0, vit_mini-f1-s0" in body
     assert 'id="analyses-not-run"' not in page
+    verdict = page[page.index('<section id="verdict">') : page.index('<section id="accuracy">')]
+    assert "Under 7 corruptions at 3 severities, " in verdict
+    assert "Nearest-neighbour retrieval on penultimate features (1-NN top-1)" in verdict
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape  # a label like '[red]x' is not rich markup
 from rich.table import Table
 
+from cnnvit.report.analysis_summary import COLUMNS, analysis_headlines, format_headline
 from cnnvit.report.collect import collect_results, load_study_data, summarize
 from cnnvit.report.figures import save_png
 from cnnvit.report.html import render_page
@@ -88,6 +89,12 @@ def print_summary(study_dir: Path | str, console: Console | None = None) -> None
         counts = bad["status"].value_counts()
         listed = ", ".join(f"{n} {s}" for s, n in counts.items())
         console.print(f"[yellow]{len(bad)} of {len(results)} cells did not complete ({listed})[/]")
+    analyses = _analysis_table(root)
+    if analyses is not None:
+        before = console.width
+        console.width = max(before, 100)  # 8 columns: not squeezed into a pipe's 80
+        console.print(analyses)
+        console.width = before
     report = root / REPORT_NAME
     if report.is_file():
         console.print(f"Report: [bold]{report}[/]")
@@ -120,6 +127,24 @@ def _summary_table(results: pd.DataFrame, summary: pd.DataFrame) -> Table:
             cells.append("all" if blocks is None else str(blocks))
         cells += _summary_cells(row, planned[key])
         table.add_row(*cells)
+    return table
+
+
+def _analysis_table(root: Path) -> Table | None:
+    """The analyses' headline numbers per model (columns that were measured), or None."""
+    frame = analysis_headlines(root).dropna(axis=1, how="all")
+    if frame.empty or frame.columns.empty:
+        return None
+    table = Table(
+        title="Analyses (top-1 of 1-NN retrieval and of the head; mean top-1 under corruption "
+        "and its share of clean; reach = attention distance or effective receptive field, px)",
+        title_justify="left",
+    )
+    table.add_column("model")
+    for column in frame.columns:
+        table.add_column(COLUMNS[column][0], justify="right")
+    for model, row in frame.iterrows():
+        table.add_row(escape(str(model)), *(format_headline(c, row[c]) for c in frame.columns))
     return table
 
 

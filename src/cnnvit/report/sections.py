@@ -32,6 +32,7 @@ from cnnvit.report.analysis_sections import (
     any_not_run,
     render_not_run,
 )
+from cnnvit.report.analysis_summary import analysis_verdict
 from cnnvit.report.collect import StudyData
 from cnnvit.report.html import Markup, esc, img, join, note, table, tag
 from cnnvit.report.profile_section import profile_figures, profile_tables, render_profile
@@ -72,7 +73,8 @@ class ReportContext:
 
     @cached_property
     def verdict(self) -> list[str]:
-        return verdict(self.data.summary, self.data.models, self.families)
+        lines = verdict(self.data.summary, self.data.models, self.families)
+        return lines + analysis_verdict(self.data.info.root)
 
     @cached_property
     def crossings(self) -> dict[object, list[Crossing]]:
