@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from timm.models.resnet import ResNet
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from cnnvit.analyze.files import file_stems
 from cnnvit.analyze.hooks import LayerRecorder, preserved
 from cnnvit.analyze.images import ImageSet
 from cnnvit.analyze.layers import (
@@ -508,7 +508,8 @@ def run_attention(
     out_dir.mkdir(parents=True, exist_ok=True)
     grid_set = images.subset(num_images)
     distance_set = images.subset(DISTANCE_IMAGES)
-    files = _file_names([s.label for s in subjects])
+    labels = [s.label for s in subjects]
+    files = dict(zip(labels, file_stems(labels), strict=True))
     models = []
     with progress_bar(progress) as bar:
         for subject in subjects:
@@ -564,18 +565,6 @@ def _check_inputs(subjects: Sequence[Subject], images: ImageSet, num_images: int
         raise ValueError("run_attention needs at least one image")
     if num_images < 1:
         raise ValueError(f"num_images must be at least 1, got {num_images}")
-
-
-def _file_names(labels: list[str]) -> dict[str, str]:
-    """A file-safe, unique stem per label."""
-    out: dict[str, str] = {}
-    for label in labels:
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "model"
-        candidate, n = stem, 2
-        while candidate in out.values():
-            candidate, n = f"{stem}-{n}", n + 1
-        out[label] = candidate
-    return out
 
 
 def _vit_entry(

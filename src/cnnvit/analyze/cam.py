@@ -37,11 +37,11 @@ from torch import nn
 
 from cnnvit.analyze.featuremaps import (
     Cell,
-    file_stems,
     grid_sample,
     mosaic_figure,
     shown_columns,
 )
+from cnnvit.analyze.files import file_stems
 from cnnvit.analyze.hooks import LayerRecorder, named_module, preserved
 from cnnvit.analyze.images import ImageSet
 from cnnvit.analyze.layers import (

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -33,6 +32,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from cnnvit.analyze.files import file_stems
 from cnnvit.analyze.hooks import LayerRecorder, preserved
 from cnnvit.analyze.images import ImageSet
 from cnnvit.analyze.layers import resolve_layers
@@ -46,7 +46,6 @@ __all__ = [
     "linear_cka",
     "minibatch_cka",
     "run_cka",
-    "safe_name",
 ]
 
 # HSIC_1 divides by n (n - 3) and (n - 1)(n - 2): it is defined for n > 3 only.
@@ -308,22 +307,6 @@ def minibatch_cka(
 # --- the analysis: files -------------------------------------------------------------------
 
 
-def safe_name(label: str) -> str:
-    """A model label as a file-name part: letters, digits, '.', '-' and '_' only."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "model"
-
-
-def _file_stems(labels: Sequence[str]) -> list[str]:
-    """Sanitised, still unique, names (two labels may sanitise alike: 'a/b' and 'a:b')."""
-    stems: list[str] = []
-    for label in labels:
-        stem, k = safe_name(label), 2
-        while stem in stems:
-            stem, k = f"{safe_name(label)}-{k}", k + 1
-        stems.append(stem)
-    return stems
-
-
 def run_cka(
     subjects: Sequence[Subject],
     images: ImageSet,
@@ -350,7 +333,7 @@ def run_cka(
     cross = [(i, j) for i in range(count) for j in range(i + 1, count)]
     pairs = cross + [(i, i) for i in range(count)]
     run = _accumulate(subjects, lists, images, pairs, batch_size, progress)
-    stems = _file_stems(labels)
+    stems = file_stems(labels)
     entries = []
     for i, j in pairs:
         stem = f"cka_{stems[i]}__{stems[j]}"

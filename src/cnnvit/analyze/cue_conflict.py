@@ -58,6 +58,7 @@ import torch
 from matplotlib.figure import Figure
 from scipy import ndimage
 
+from cnnvit.analyze.files import file_stems
 from cnnvit.analyze.hooks import preserved
 from cnnvit.analyze.images import ImageSet
 from cnnvit.analyze.subject import Subject
@@ -503,7 +504,7 @@ def run_shape_bias(
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     cue_set, source = _cue_set(subjects, images, folder, num_images, seed)
-    files = _figure_names(labels)
+    files = {m: f"texture_{stem}.png" for m, stem in zip(labels, file_stems(labels), strict=True)}
     models = []
     with ExitStack() as stack, progress_bar(progress) as bar:
         task = bar.add_task("shape bias", total=len(subjects), rate="") if bar else None
@@ -558,18 +559,6 @@ def _cue_set(subjects, images, folder, num_images, seed) -> tuple[CueConflictSet
         "tile": tile_side(int(images.images.shape[-1])),
     }
     return cue_set, settings
-
-
-def _figure_names(labels: Sequence[str]) -> dict[str, str]:
-    """``texture_<label>.png`` per model, the label reduced to safe characters and made unique."""
-    names: dict[str, str] = {}
-    for label in labels:
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "model"
-        name, n = f"texture_{stem}.png", 2
-        while name in names.values():
-            name, n = f"texture_{stem}-{n}.png", n + 1
-        names[label] = name
-    return names
 
 
 def _model_entry(subject, how, pred, cue_set, figure: str) -> tuple[dict, dict]:

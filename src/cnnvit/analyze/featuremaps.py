@@ -24,6 +24,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from cnnvit.analyze.files import file_stems
 from cnnvit.analyze.hooks import LayerRecorder, named_module, preserved
 from cnnvit.analyze.images import ImageSet, stratified_indices
 from cnnvit.analyze.layers import conv_layers, resolve_layers, token_layout, transformer_of
@@ -36,7 +37,6 @@ __all__ = [
     "FeatureMaps",
     "feature_maps",
     "featuremap_layers",
-    "file_stems",
     "mosaic_figure",
     "run_featuremaps",
     "sample_indices",
@@ -224,18 +224,6 @@ def sample_indices(images: ImageSet, count: int) -> np.ndarray:
     if count >= len(images):
         return np.arange(len(images))
     return stratified_indices(images.labels.numpy(), count, 0)
-
-
-def file_stems(labels: Sequence[str]) -> list[str]:
-    """File-name-safe, distinct stems for model labels (``a/b`` -> ``a_b``; clashes numbered)."""
-    stems: list[str] = []
-    for label in labels:
-        stem = re.sub(r"[^A-Za-z0-9._+-]", "_", str(label)).strip(".") or "model"
-        base, n = stem, 2
-        while stem in stems:
-            stem, n = f"{base}-{n}", n + 1
-        stems.append(stem)
-    return stems
 
 
 def shown_columns(count: int, limit: int = MAX_COLUMNS) -> list[int]:

@@ -70,10 +70,12 @@ def run_analyses(
 
 
 def _options(study: StudyConfig, name: str) -> dict[str, Any]:
+    """The settings an analysis reads (changing any other one must not re-run it)."""
     options = study.analysis_options
-    common = {"images": options.images}
+    if name == "attention":
+        return {"images": options.images}
     own = getattr(options, name, None)
-    return {**common, **(own.model_dump(mode="json") if own is not None else {})}
+    return own.model_dump(mode="json") if own is not None else {}
 
 
 def _unchanged(folder: Path, settings: dict[str, Any]) -> bool:

@@ -144,9 +144,7 @@ class AnalysisOptions(StrictModel):
         None, description="training size whose cells are analysed; null = the largest"
     )
     seed: int | None = Field(None, description="seed whose cells are analysed; null = the first")
-    images: int = Field(
-        500, gt=0, description="validation images for attention distances and feature maps"
-    )
+    images: int = Field(500, gt=0, description="validation images for the attention distances")
     gradcam: GradcamOptions = Field(default_factory=GradcamOptions)
     cka: CkaOptions = Field(default_factory=CkaOptions)
     knn: KnnOptions = Field(default_factory=KnnOptions)
