@@ -56,12 +56,13 @@ def progress_bar(enabled: bool = True) -> Iterator[Progress | None]:
 
 
 @contextmanager
-def at_least_width(columns: int) -> Iterator[None]:
-    """Render the console at least ``columns`` wide for a while (a wide table in a pipe or a
-    log file would otherwise be squeezed to 80 columns)."""
-    before = console.width
-    console.width = max(before, columns)
+def at_least_width(columns: int, target: Console | None = None) -> Iterator[None]:
+    """Render ``target`` (default: cnnvit's console) at least ``columns`` wide for a while (a
+    wide table in a pipe or a log file would otherwise be squeezed to 80 columns)."""
+    target = console if target is None else target
+    before = target.width
+    target.width = max(before, columns)
     try:
         yield
     finally:
-        console.width = before
+        target.width = before

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-ANALYSIS_DIR = "analysis"
+from cnnvit.report.analysis_sections import ANALYSIS_DIR
 
 # column -> (header, how to print it)
 COLUMNS: dict[str, tuple[str, str]] = {

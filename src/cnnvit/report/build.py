@@ -20,6 +20,7 @@ from cnnvit.report.collect import collect_results, load_study_data, summarize
 from cnnvit.report.figures import save_png
 from cnnvit.report.html import render_page
 from cnnvit.report.sections import SECTIONS, ReportContext, Section, render_header
+from cnnvit.ui import at_least_width
 
 REPORT_NAME = "report.html"
 
@@ -91,10 +92,8 @@ def print_summary(study_dir: Path | str, console: Console | None = None) -> None
         console.print(f"[yellow]{len(bad)} of {len(results)} cells did not complete ({listed})[/]")
     analyses = _analysis_table(root)
     if analyses is not None:
-        before = console.width
-        console.width = max(before, 100)  # 8 columns: not squeezed into a pipe's 80
-        console.print(analyses)
-        console.width = before
+        with at_least_width(100, console):  # 8 columns: not squeezed into a pipe's 80
+            console.print(analyses)
     report = root / REPORT_NAME
     if report.is_file():
         console.print(f"Report: [bold]{report}[/]")
