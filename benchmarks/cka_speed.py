@@ -35,7 +35,7 @@ from cnnvit.analyze.hooks import LayerRecorder, preserved
 from cnnvit.analyze.images import ImageSet
 from cnnvit.analyze.layers import conv_layers, every_layer
 from cnnvit.analyze.subject import Subject, subject_from_name
-from cnnvit.train.runtime import device_name, resolve_device
+from cnnvit.runtime import device_name, resolve_device
 
 TARGET = 5.0
 LAYERS = 20

@@ -37,7 +37,7 @@ from PIL import Image
 
 from cnnvit.data.readers import read_dataset
 from cnnvit.evaluate.inference import EvalModel, evaluate_models
-from cnnvit.train.runtime import device_name, resolve_device
+from cnnvit.runtime import device_name, resolve_device
 
 
 def write_jpegs(folder: Path, count: int, size: int) -> None:

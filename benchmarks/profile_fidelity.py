@@ -28,7 +28,7 @@ import torch
 from cnnvit.models import create_model
 from cnnvit.profile import profile_model
 from cnnvit.profile.profiler import resolve_profile_runtime
-from cnnvit.train.runtime import device_name
+from cnnvit.runtime import device_name
 
 TOLERANCE = 0.10
 

@@ -42,7 +42,7 @@ from cnnvit.data.types import ArraySource
 from cnnvit.models import create_model
 from cnnvit.train.loop import make_loss, train_one_epoch
 from cnnvit.train.optim import build_optimizer, build_scheduler
-from cnnvit.train.runtime import Runtime, device_name, resolve_runtime
+from cnnvit.runtime import Runtime, device_name, resolve_runtime
 
 
 class PILDataset(Dataset):

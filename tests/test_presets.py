@@ -9,12 +9,13 @@ import pytest
 
 from cnnvit.cli import main
 from cnnvit.config import ConfigError, RunConfig, load_run_config, validate_config
+from cnnvit.models import family_of_name
 from cnnvit.presets import PRESETS, describe_presets
 from cnnvit.study.config import StudyConfig, cells
 
 
 def _run(*overrides: str) -> RunConfig:
-    return load_run_config(None, list(overrides))
+    return load_run_config(None, list(overrides), family_of=family_of_name)
 
 
 def test_seed000_is_section_3() -> None:

@@ -70,7 +70,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         results = resume(args.resume)
     else:
-        results = train(load_run_config(args.config, _overrides(args)))
+        from cnnvit.models import family_of_name
+
+        results = train(load_run_config(args.config, _overrides(args), family_of=family_of_name))
     _print_results(results)
     return 0 if results["status"] == "completed" else 1
 
@@ -94,7 +96,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise ConfigError(
                 "give a run folder (cnnvit evaluate DIR) or --model, --weights and --data"
             )
-        cfg = load_run_config(args.config, _overrides(args))
+        from cnnvit.models import family_of_name
+
+        cfg = load_run_config(args.config, _overrides(args), family_of=family_of_name)
         out = cfg.output.dir or default_run_dir(cfg)
         metrics = evaluate_config(cfg, load_weights_file(args.weights), out)
     summary = {k: metrics[k] for k in ("num_images", "top1", "top5")}
@@ -246,7 +250,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_agree(args: argparse.Namespace) -> int:
-    from cnnvit.evaluate.agreement import agree_runs
+    from cnnvit.evaluate.run_agreement import agree_runs
     from cnnvit.ui import console
 
     names = tuple(args.names) if args.names else None
@@ -521,9 +525,16 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from cnnvit.data.types import DataError
     from cnnvit.evaluate.agreement import AgreementError
     from cnnvit.models.registry import ModelError
-    from cnnvit.train.run import RunFolderError
+    from cnnvit.runtime import RuntimeSettingError
 
-    return (ConfigError, DataError, ModelError, RunFolderError, AgreementError, FileNotFoundError)
+    return (
+        ConfigError,
+        DataError,
+        ModelError,
+        AgreementError,
+        FileNotFoundError,
+        RuntimeSettingError,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

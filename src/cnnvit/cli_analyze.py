@@ -366,7 +366,7 @@ def write_classify_cams(
     from cnnvit.analyze.subject import Subject
     from cnnvit.data.decode import load_uint8
     from cnnvit.models.registry import model_family
-    from cnnvit.report.figures import save_png
+    from cnnvit.plotting import save_png
 
     subjects = [
         Subject(

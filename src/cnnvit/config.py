@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -22,9 +23,11 @@ from pydantic import (
     model_validator,
 )
 
-from cnnvit.presets import apply_preset, deep_merge, get_preset
+from cnnvit.presets import PRESETS, Preset, deep_merge
 
 _M = TypeVar("_M", bound=BaseModel)
+# model name -> "cnn" | "vit" | "hybrid" (None: unknown); cnnvit.models.family_of_name is one.
+FamilyOf = Callable[[str], str | None]
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
@@ -111,16 +114,24 @@ class OptimConfig(StrictModel):
     grad_clip: float | None = Field(None, gt=0, description="max gradient norm")
 
 
-class TrainConfig(StrictModel):
+class RuntimeConfig(StrictModel):
+    """Where and how work runs; the same words for training, evaluation, profiling and the
+    analyses (:func:`cnnvit.runtime.resolve_runtime` says what each means)."""
+
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, mps")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 elsewhere; bf16 where supported"
+    )
+    channels_last: Literal["auto", "on", "off"] = Field("auto", description="auto: on for CUDA")
+    compile: bool = Field(False, description="torch.compile the model")
+    threads: int | None = Field(None, gt=0, description="CPU threads for torch")
+
+
+class TrainConfig(RuntimeConfig):
     epochs: int = Field(5, gt=0)
     batch_size: int = Field(256, gt=0)
     eval_batch_size: int = Field(512, gt=0)
     seed: int = 0
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, mps")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on CUDA")
-    channels_last: Literal["auto", "on", "off"] = Field("auto", description="auto: on for CUDA")
-    compile: bool = False
-    threads: int | None = Field(None, gt=0, description="CPU threads for torch")
     progress: bool = True
     ema_decay: float | None = Field(
         None,
@@ -253,11 +264,54 @@ def _parse_value(raw: str) -> Any:
     return value
 
 
-def load_run_config(path: Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``; an unknown name is a ConfigError listing the known ones."""
+    if name not in PRESETS:
+        close = difflib.get_close_matches(name, PRESETS, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ConfigError(f"unknown preset {name!r}; {hint}known presets: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def apply_preset(data: Mapping[str, Any], family_of: FamilyOf | None = None) -> dict[str, Any]:
+    """A run config mapping with its ``preset`` (if any) filled in underneath what it sets.
+
+    The preset's family part follows ``model.name`` (the default model when unset), named by
+    ``family_of``; a preset with family parts and no ``family_of`` is refused."""
+    name = data.get("preset")
+    if not name:
+        return dict(data)
+    preset = get_preset(name)
+    family = None
+    if preset.by_family:
+        if family_of is None:
+            raise ConfigError(
+                f"preset {name} sets values by model family; load the config with a family_of "
+                "(cnnvit.models.family_of_name)"
+            )
+        model_name = (data.get("model") or {}).get("name") or ModelConfig().name
+        family = family_of(model_name)
+    return deep_merge(preset.layer(family), data)
+
+
+def load_run_config(
+    path: Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    family_of: FamilyOf | None = None,
+) -> RunConfig:
     """The defaults, updated by the config's preset (if any), by a YAML file, by ``--set``
-    overrides, validated."""
+    overrides, validated. ``family_of`` names model families for presets that differ by family
+    (seed 001): pass :func:`cnnvit.models.family_of_name`."""
     data = load_yaml(path) if path is not None else {}
-    return validate_config(RunConfig, apply_preset(apply_overrides(data, overrides or [])))
+    merged = apply_overrides(data, overrides or [])
+    return validate_config(RunConfig, apply_preset(merged, family_of))
+
+
+def read_run_config(path: Path) -> RunConfig:
+    """A resolved config as a run folder keeps it (``config.yaml``): every key is written out,
+    so no preset is applied again."""
+    return validate_config(RunConfig, load_yaml(path))
 
 
 def dump_yaml(config: BaseModel, path: Path) -> None:

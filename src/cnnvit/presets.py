@@ -7,25 +7,17 @@ preset's family part < the config file < ``--set``. So ``preset: seed004`` plus
 ``train: {epochs: 50}`` is seed 004's recipe for 50 epochs.
 
 Use it as ``preset: NAME`` at the top of a run config (``cnnvit train --set preset=seed004``) or
-as ``recipe: {preset: NAME}`` in a study. ``cnnvit recipes`` lists them.
+as ``recipe: {preset: NAME}`` in a study. ``cnnvit recipes`` lists them. This module is the data;
+:func:`cnnvit.config.apply_preset` puts a preset under a config.
 """
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = [
-    "PRESETS",
-    "Preset",
-    "apply_preset",
-    "deep_merge",
-    "describe_presets",
-    "family_of",
-    "get_preset",
-]
+__all__ = ["PRESETS", "Preset", "deep_merge", "describe_presets"]
 
 Section = dict[str, Any]
 
@@ -158,41 +150,6 @@ def _flatten(section: Mapping[str, Any], prefix: str = "") -> list[tuple[str, An
         else:
             out.append((f"{prefix}{key}", value))
     return out
-
-
-def get_preset(name: str) -> Preset:
-    """The preset called ``name``; an unknown name is a ConfigError listing the known ones."""
-    from cnnvit.config import ConfigError  # config imports this module
-
-    if name not in PRESETS:
-        close = difflib.get_close_matches(name, PRESETS, n=1)
-        hint = f"did you mean {close[0]}? " if close else ""
-        raise ConfigError(f"unknown preset {name!r}; {hint}known presets: {', '.join(PRESETS)}")
-    return PRESETS[name]
-
-
-def apply_preset(data: Mapping[str, Any]) -> Section:
-    """A run config mapping with its ``preset`` (if any) filled in underneath what it sets.
-
-    The preset's family part follows ``model.name`` (the default model when unset)."""
-    name = data.get("preset")
-    if not name:
-        return dict(data)
-    from cnnvit.config import ModelConfig
-
-    model_name = (data.get("model") or {}).get("name") or ModelConfig().name
-    return deep_merge(get_preset(name).layer(family_of(model_name)), data)
-
-
-def family_of(model_name: str) -> str | None:
-    """``'cnn'``, ``'vit'`` or ``'hybrid'``; None for a name the registry does not know (building
-    the model reports that error properly later)."""
-    from cnnvit.models.registry import ModelError, model_family
-
-    try:
-        return model_family(model_name)
-    except ModelError:
-        return None
 
 
 def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> Section:

@@ -22,13 +22,12 @@ from cnnvit.evaluate.agreement import (
     DISAGREEMENTS_PNG,
     PER_CLASS_CSV,
     AgreementError,
-    agree_runs,
     compare_predictions,
     disagreement_figure,
     paired_bootstrap_ci,
-    validation_images,
 )
-from cnnvit.evaluate.metrics import predictions_frame
+from cnnvit.evaluate.run_agreement import agree_runs, validation_images
+from cnnvit.metrics import predictions_frame
 
 K = 5
 CLASSES = [f"c{i}" for i in range(K)]

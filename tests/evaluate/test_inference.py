@@ -17,7 +17,7 @@ from PIL import Image
 from cnnvit.data.readers import read_dataset
 from cnnvit.data.types import ArraySource, DataError
 from cnnvit.evaluate.inference import EvalModel, StageTimer, evaluate_models, evaluation_split
-from cnnvit.profile.speed import Clock
+from cnnvit.runtime import Clock
 
 CLASSES = ["a", "b", "c"]
 

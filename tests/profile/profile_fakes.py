@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from cnnvit.profile.speed import Clock
+from cnnvit.runtime import Clock
 
 
 class FakeAsyncDevice:

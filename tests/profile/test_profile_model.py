@@ -26,8 +26,8 @@ from cnnvit.profile import (
 )
 from cnnvit.profile.plot import sweep_figure
 from cnnvit.profile.profiler import _num
+from cnnvit.runtime import device_name
 from cnnvit.train.checkpoint import save_checkpoint
-from cnnvit.train.runtime import device_name
 from cnnvit.ui import progress_bar
 
 # One thread: see conftest; the module-scoped profiles are taken before its fixture runs.

@@ -9,7 +9,6 @@ import pytest
 import torch
 from profile_fakes import AsyncLinear, FakeAsyncDevice
 
-from cnnvit.profile.memory import PeakMemory
 from cnnvit.profile.speed import (
     Clock,
     RepeatPlan,
@@ -20,7 +19,7 @@ from cnnvit.profile.speed import (
     measure_training,
     time_repeats,
 )
-from cnnvit.train.runtime import Runtime
+from cnnvit.runtime import PeakMemory, Runtime
 
 CPU = Runtime(device=torch.device("cpu"), dtype=torch.float32, channels_last=False)
 

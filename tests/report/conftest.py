@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import yaml
 
-from cnnvit.evaluate.metrics import predictions_frame
+from cnnvit.folders import StudyFolder
+from cnnvit.metrics import predictions_frame
+from cnnvit.study.disagreements import save_disagreement_images
 
 FULL_TRAIN = 48_000  # images at fraction 1.0
 CLASSES = ["T-shirt/top", "Trouser", "Bag"]
@@ -114,6 +116,7 @@ def make_study(
         "cells": cells,
     }
     (root / "study.json").write_text(json.dumps(meta, indent=2))
+    save_disagreement_images(StudyFolder(root))  # as `cnnvit compare` does after training
     return root
 
 
@@ -135,6 +138,7 @@ def _write_run(
     results: dict[str, Any] = {
         "status": status,
         "model": model,
+        "family": "vit" if model.startswith("vit") else "cnn",  # as training records it
         "data": "fashion-mnist",
         "train_fraction": fraction,
         "trainable_blocks": blocks,

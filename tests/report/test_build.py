@@ -9,6 +9,7 @@ import pytest
 from rich.console import Console
 
 from cnnvit.report import print_summary, write_report
+from cnnvit.report.collect import load_study_data
 from cnnvit.report.sections import SECTIONS
 
 # A study without analyses: every section but the analyses', plus the list of those not run.
@@ -140,18 +141,11 @@ def test_print_summary(built):
     assert str(report) in text.replace("\n", "")
 
 
-def test_three_models_ask_the_registry_by_name_not_label(tmp_path, study_factory, monkeypatch):
-    import cnnvit.report.sections as sections
-
-    asked = {}
-
-    def families(names):  # stands in for the registry (which would import torch and timm)
-        asked.update(names)
-        return {"Big CNN": "cnn", "Small CNN": "cnn", "ViT": "vit"}
-
-    monkeypatch.setattr(sections, "model_families", families)
+def test_three_models_take_their_families_from_the_run_folders(tmp_path, study_factory):
+    # The labels say nothing about the family; results.json does (resnet* -> cnn, vit* -> vit).
     models = [("Big CNN", "resnet18_cifar"), ("Small CNN", "resnet_mini"), ("ViT", "vit_mini")]
-    page = write_report(study_factory(tmp_path / "s", models=models)).read_text()
-    assert asked == {"Big CNN": "resnet18_cifar", "Small CNN": "resnet_mini", "ViT": "vit_mini"}
+    root = study_factory(tmp_path / "s", models=models)
+    assert load_study_data(root).families == {"Big CNN": "cnn", "Small CNN": "cnn", "ViT": "vit"}
+    page = write_report(root).read_text()
     assert "Ranking at 960 training images:" in page
     assert "Head to head, " in page and " against ViT:" in page

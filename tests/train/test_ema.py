@@ -16,11 +16,11 @@ from cnnvit.config import ModelConfig, OptimConfig, TrainConfig, load_run_config
 from cnnvit.data.augment import BatchTransform
 from cnnvit.evaluate.run import evaluate_run
 from cnnvit.models.build import build_model
+from cnnvit.runtime import resolve_runtime
 from cnnvit.train.checkpoint import latest_checkpoint_dir, load_checkpoint
 from cnnvit.train.loop import make_loss, train_one_epoch
 from cnnvit.train.optim import build_optimizer, build_scheduler
 from cnnvit.train.run import resume, train
-from cnnvit.train.runtime import resolve_runtime
 
 TIMING = {"epoch_seconds", "images_per_second", "peak_memory_mb"}
 

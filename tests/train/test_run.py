@@ -11,9 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from cnnvit.config import load_run_config
+from cnnvit.folders import RunFolderError
 from cnnvit.train import run as run_module
 from cnnvit.train.checkpoint import latest_checkpoint_dir, load_checkpoint
-from cnnvit.train.run import EPOCH_COLUMNS, RunFolderError, resume, train
+from cnnvit.train.run import EPOCH_COLUMNS, resume, train
 
 TIMING = {"epoch_seconds", "images_per_second", "peak_memory_mb"}
 

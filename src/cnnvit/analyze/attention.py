@@ -669,13 +669,13 @@ def _write_csv(models: list[dict[str, Any]], path: Path) -> None:
 
 
 def _save_figure(fig: Figure, path: Path) -> None:
-    from cnnvit.report.figures import save_png
+    from cnnvit.plotting import save_png
 
     save_png(fig, path)
 
 
 def _style():
-    from cnnvit.report.figures import STYLE
+    from cnnvit.plotting import STYLE
 
     return mpl.rc_context(STYLE)
 
@@ -697,7 +697,7 @@ def _grid_figure(
 ) -> Figure:
     """Rows: images; columns: the input (true class, prediction), each block's class-token map,
     the rollout; maps overlaid on the input."""
-    from cnnvit.report.figures import plain
+    from cnnvit.plotting import plain
 
     size = subject.image_size
     rgb = subject.unnormalize(subject.prepare(images.images)).permute(0, 2, 3, 1).cpu().numpy()
@@ -733,7 +733,7 @@ def _distance_figure(models: list[dict[str, Any]]) -> Figure:
     """Mean attention distance per head (dots) and mean (line) against relative depth per ViT,
     each CNN's effective receptive field distance per stage (squares, dashed), half the image
     diagonal for scale."""
-    from cnnvit.report.figures import model_colors, plain
+    from cnnvit.plotting import model_colors, plain
 
     colors = model_colors([m["label"] for m in models])
     with _style():

@@ -35,12 +35,7 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from cnnvit.analyze.featuremaps import (
-    Cell,
-    grid_sample,
-    mosaic_figure,
-    shown_columns,
-)
+from cnnvit.analyze.featuremaps import grid_sample
 from cnnvit.analyze.files import file_stems
 from cnnvit.analyze.hooks import LayerRecorder, named_module, preserved
 from cnnvit.analyze.images import ImageSet
@@ -52,7 +47,7 @@ from cnnvit.analyze.layers import (
     transformer_of,
 )
 from cnnvit.analyze.subject import Subject
-from cnnvit.report.figures import STYLE, model_colors, plain, save_png
+from cnnvit.plotting import STYLE, Cell, model_colors, mosaic_figure, plain, save_png, shown_columns
 
 __all__ = [
     "CAM_METHODS",

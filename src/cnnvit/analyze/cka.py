@@ -410,7 +410,7 @@ def _pair_entry(
 def _save_heatmap(
     matrix: np.ndarray, rows: list[str], cols: list[str], a: str, b: str, path: Path
 ) -> None:
-    from cnnvit.report.figures import save_png
+    from cnnvit.plotting import save_png
 
     save_png(cka_heatmap(matrix, rows, cols, a, b), path)
 
@@ -420,7 +420,7 @@ def cka_heatmap(matrix: np.ndarray, rows: list[str], cols: list[str], a: str, b:
     stay readable up to ~60 layers (smaller type, then every k-th name)."""
     import matplotlib as mpl
 
-    from cnnvit.report.figures import STYLE, plain
+    from cnnvit.plotting import STYLE, plain
 
     longest = max(len(n) for n in [*rows, *cols])
     size = 8.0 if max(len(rows), len(cols)) <= 24 else 6.5
@@ -453,7 +453,7 @@ def cka_heatmap(matrix: np.ndarray, rows: list[str], cols: list[str], a: str, b:
 
 
 def _ticks(setter, names: list[str], size: float, rotation: float = 0) -> None:
-    from cnnvit.report.figures import plain
+    from cnnvit.plotting import plain
 
     step = max(1, math.ceil(len(names) / 60))  # beyond ~60 names, every k-th one
     positions = list(range(0, len(names), step))

@@ -62,7 +62,7 @@ from cnnvit.analyze.files import file_stems
 from cnnvit.analyze.hooks import preserved
 from cnnvit.analyze.images import ImageSet
 from cnnvit.analyze.subject import Subject
-from cnnvit.report.figures import STYLE
+from cnnvit.plotting import STYLE
 
 __all__ = [
     "IMAGENET_16_CATEGORIES",
@@ -592,7 +592,7 @@ def _jsonable(value):
 
 
 def _write(result: dict, cue_set: CueConflictSet, grids: list[dict], out_dir: Path) -> None:
-    from cnnvit.report.figures import save_png
+    from cnnvit.plotting import save_png
 
     _write_csv(result, out_dir / "shape_bias.csv")
     save_png(bias_figure(result), out_dir / "shape_bias.png")
@@ -628,7 +628,7 @@ def bias_figure(result: dict) -> Figure:
 
 
 def _bias_figure(result: dict) -> Figure:
-    from cnnvit.report.figures import model_colors, plain
+    from cnnvit.plotting import model_colors, plain
 
     models = result["models"]
     classes = [c for c in result["settings"]["classes"] if any(c in m["per_class"] for m in models)]
@@ -671,7 +671,7 @@ def examples_figure(cue_set: CueConflictSet, count: int = 16) -> Figure:
 
 def image_grid(cue_set: CueConflictSet, indices: Sequence[int], title: str) -> Figure:
     """The images at ``indices``, 8 a row, titled with their shape and texture classes."""
-    from cnnvit.report.figures import plain
+    from cnnvit.plotting import plain
 
     cols = min(8, max(1, len(indices)))
     rows = max(1, math.ceil(len(indices) / cols))

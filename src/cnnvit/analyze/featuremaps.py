@@ -4,15 +4,13 @@ Every convolution's output is averaged over its channels inside the forward hook
 one (B, h, w) map per layer, whatever the channel count), for a few images. A ViT has no
 convolution but its patch embedding, so it is listed as skipped; a hybrid shows its conv block.
 
-The image-grid drawing here (:func:`mosaic_figure`) is shared by the Grad-CAM grids: one image
+The image grids are :func:`cnnvit.plotting.mosaic_figure`, shared with the Grad-CAM grids: one image
 axes per figure, because a hundred matplotlib axes cost seconds to lay out on a small CPU.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,22 +27,15 @@ from cnnvit.analyze.hooks import LayerRecorder, named_module, preserved
 from cnnvit.analyze.images import ImageSet, stratified_indices
 from cnnvit.analyze.layers import conv_layers, resolve_layers, token_layout, transformer_of
 from cnnvit.analyze.subject import Subject
-from cnnvit.report.figures import STYLE, plain, save_png
+from cnnvit.plotting import MAX_COLUMNS, Cell, mosaic_figure, save_png, shown_columns, wrap_name
 
 __all__ = [
-    "MAX_COLUMNS",
-    "Cell",
     "FeatureMaps",
     "feature_maps",
     "featuremap_layers",
-    "mosaic_figure",
     "run_featuremaps",
     "sample_indices",
-    "shown_columns",
-    "wrap_name",
 ]
-
-MAX_COLUMNS = 16  # layer columns drawn in a grid; more are subsampled evenly, first and last kept
 
 
 # --- feature maps --------------------------------------------------------------------------
@@ -224,97 +215,3 @@ def sample_indices(images: ImageSet, count: int) -> np.ndarray:
     if count >= len(images):
         return np.arange(len(images))
     return stratified_indices(images.labels.numpy(), count, 0)
-
-
-def shown_columns(count: int, limit: int = MAX_COLUMNS) -> list[int]:
-    """Indices of at most ``limit`` of ``count`` layers, evenly spread, first and last kept."""
-    if count <= limit:
-        return list(range(count))
-    return sorted({int(i) for i in np.linspace(0, count - 1, limit).round()})
-
-
-@dataclass
-class Cell:
-    """One picture of a grid: (h, w, 3) float in [0, 1] or uint8, a title above it."""
-
-    picture: np.ndarray
-    title: str = ""
-    color: str = "black"
-
-
-def mosaic_figure(
-    rows: Sequence[Sequence[Cell]],
-    title: str,
-    *,
-    cell_inches: float = 1.2,
-    fontsize: float = 7,
-) -> Figure:
-    """A grid of pictures (rows of cells, each ``cell_inches`` wide) with a title over each
-    cell, drawn as ONE image (pictures resized, nearest, to the largest side) on one axes."""
-    pictures = [[_as_rgb(c.picture) for c in row] for row in rows]
-    title_lines = max(c.title.count("\n") + 1 for row in rows for c in row)
-    side = max(max(p.shape[0], p.shape[1]) for row in pictures for p in row)
-    title_in = fontsize / 72 * 1.25 * title_lines + 0.06  # inches of text above each cell
-    header_in, pad_in = 0.35, 0.06
-    gap = math.ceil(side * title_in / cell_inches)  # pixels of title room above each cell
-    pad = max(1, round(side * pad_in / cell_inches))  # pixels between columns
-    n_rows, n_cols = len(pictures), max(len(row) for row in pictures)
-    mosaic = np.ones((n_rows * (gap + side), n_cols * (side + pad) - pad, 3), np.float32)
-    for r, row in enumerate(pictures):
-        for c, picture in enumerate(row):
-            top, left = r * (gap + side) + gap, c * (side + pad)
-            mosaic[top : top + side, left : left + side] = _resized(picture, side)
-    width = mosaic.shape[1] / side * cell_inches
-    height = mosaic.shape[0] / side * cell_inches + header_in
-    with mpl.rc_context({**STYLE, "axes.grid": False}):
-        fig = Figure(figsize=(width, height))
-        ax = fig.add_axes((0.0, 0.0, 1.0, 1 - header_in / height))
-        ax.imshow(mosaic, aspect="auto", interpolation="nearest")
-        ax.set_axis_off()
-        for r, row in enumerate(rows):
-            for c, cell in enumerate(row):
-                if cell.title:
-                    x, y = c * (side + pad) + side / 2, r * (gap + side) + gap - 0.5
-                    ax.text(
-                        x,
-                        y,
-                        plain(cell.title),
-                        ha="center",
-                        va="bottom",
-                        fontsize=fontsize,
-                        color=cell.color,
-                    )
-        fig.text(0.5, 1 - 0.5 * header_in / height, plain(title), ha="center", va="center")
-    return fig
-
-
-def wrap_name(name: str, width: int = 16) -> str:
-    """A module name broken after dots into lines of about ``width`` characters, so that long
-    names (``layer4.0.downsample.0``) stay over their own cell."""
-    lines = [""]
-    for part in re.split(r"(?<=\.)", name):
-        if lines[-1] and len(lines[-1]) + len(part) > width:
-            lines.append("")
-        lines[-1] += part
-    return "\n".join(lines)
-
-
-def _as_rgb(picture: np.ndarray) -> np.ndarray:
-    """(h, w), (h, w, 1) or (h, w, 3), uint8 or float -> float32 (h, w, 3) in [0, 1]."""
-    p = np.asarray(picture)
-    p = p.astype(np.float32) / 255 if p.dtype == np.uint8 else p.astype(np.float32)
-    if p.ndim == 2:
-        p = p[..., None]
-    return np.clip(np.repeat(p, 3, axis=2) if p.shape[2] == 1 else p[..., :3], 0, 1)
-
-
-def _resized(picture: np.ndarray, side: int) -> np.ndarray:
-    """(h, w, 3) -> (side, side, 3), nearest: a 4 x 4 map shows as 4 x 4 blocks."""
-    if picture.shape[:2] == (side, side):
-        return picture
-    t = torch.from_numpy(np.ascontiguousarray(picture)).permute(2, 0, 1)[None]  # (1, 3, h, w)
-    return (
-        torch.nn.functional.interpolate(t, size=(side, side), mode="nearest")[0]
-        .permute(1, 2, 0)
-        .numpy()
-    )

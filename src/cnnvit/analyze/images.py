@@ -16,6 +16,14 @@ from typing import Literal
 import numpy as np
 import torch
 
+from cnnvit.config import read_run_config
+from cnnvit.data.decode import materialize
+from cnnvit.data.pipeline import image_size, rebuild_splits
+from cnnvit.data.readers import read_dataset
+from cnnvit.data.splits import nested_fraction_indices
+from cnnvit.data.types import ArraySource, Source
+from cnnvit.folders import RunFolder
+
 __all__ = ["ImageSet", "Split", "images_from_run", "images_from_spec"]
 
 Split = Literal["train", "val"]
@@ -60,8 +68,6 @@ class ImageSet:
 
 def stratified_indices(labels: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
     """Sorted indices of ``count`` samples, classes in proportion (largest remainders first)."""
-    from cnnvit.data.splits import nested_fraction_indices
-
     # nested_fraction_indices keeps ceil(fraction * n_class) per class: slightly over count,
     # so trim evenly across classes from the end of each class's draw.
     picked = nested_fraction_indices(labels, min(1.0, count / len(labels)), seed)
@@ -75,16 +81,11 @@ def images_from_run(
     run_dir: str | Path, split: Split = "val", *, max_images: int | None = None, seed: int = 0
 ) -> ImageSet:
     """The run's ``split`` as it trained (train: the whole training fraction it saw)."""
-    from cnnvit.config import load_run_config
-    from cnnvit.data.pipeline import DEFAULT_FILE_IMAGE_SIZE, load_splits
-
-    run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir / "config.yaml")
-    data_cfg = cfg.data.model_copy(update={"download": False})
-    splits = load_splits(data_cfg)
+    cfg = read_run_config(RunFolder(run_dir).config)
+    splits = rebuild_splits(cfg.data)
     source = splits.val if split == "val" else splits.train
     assert source is not None  # load_splits always provides a validation split
-    size = data_cfg.image_size or _native_size(source) or DEFAULT_FILE_IMAGE_SIZE
+    size = image_size(cfg.data, source)
     return _to_image_set(source, splits.classes, size, max_images, seed, f"{splits.name} {split}")
 
 
@@ -98,23 +99,14 @@ def images_from_spec(
     root: str | Path | None = None,
 ) -> ImageSet:
     """A dataset's ``split`` (``val``: its held-out split, or all images when it has none)."""
-    from cnnvit.data.readers import read_dataset
-
     splits = read_dataset(spec, root=root, download=False)
     source = splits.train if split == "train" else (splits.val or splits.train)
     return _to_image_set(source, splits.classes, image_size, max_images, seed, spec)
 
 
-def _native_size(source) -> int | None:
-    from cnnvit.data.types import ArraySource
-
-    return int(source.images.shape[1]) if isinstance(source, ArraySource) else None
-
-
-def _to_image_set(source, classes, size: int, max_images, seed: int, name: str) -> ImageSet:
-    from cnnvit.data.decode import materialize
-    from cnnvit.data.types import ArraySource
-
+def _to_image_set(
+    source: Source, classes: list, size: int, max_images: int | None, seed: int, name: str
+) -> ImageSet:
     if max_images is not None and max_images < len(source):
         source = source.subset(stratified_indices(source.labels, max_images, seed))
     if not isinstance(source, ArraySource):

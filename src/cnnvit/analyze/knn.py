@@ -260,7 +260,7 @@ def run_knn(
     }
     (out_dir / "knn.json").write_text(json.dumps(result, indent=2))
     pd.DataFrame(_csv_rows(result)).to_csv(out_dir / "knn.csv", index=False)
-    from cnnvit.report.figures import save_png
+    from cnnvit.plotting import save_png
 
     save_png(knn_figure(result), out_dir / "knn.png")
     return result
@@ -323,7 +323,7 @@ def knn_figure(result: dict) -> Figure:
     import matplotlib as mpl
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-    from cnnvit.report.figures import STYLE, model_colors, plain
+    from cnnvit.plotting import STYLE, model_colors, plain
 
     models = result["models"]
     colors = model_colors([m["label"] for m in models])

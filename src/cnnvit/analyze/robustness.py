@@ -57,7 +57,7 @@ from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 from cnnvit.analyze.hooks import preserved
 from cnnvit.analyze.images import ImageSet
 from cnnvit.analyze.subject import Subject
-from cnnvit.report.figures import STYLE
+from cnnvit.plotting import STYLE
 
 __all__ = [
     "CORRUPTIONS",
@@ -356,7 +356,7 @@ def _result(subjects, images: ImageSet, names, sevs, correct, batch_size, seed, 
 
 
 def _write(result: dict, images: ImageSet, names, sevs, out_dir: Path, device, seed) -> None:
-    from cnnvit.report.figures import save_png
+    from cnnvit.plotting import save_png
 
     (out_dir / "robustness.json").write_text(json.dumps(result, indent=2, allow_nan=False))
     _write_csv(result, out_dir / "robustness.csv")
@@ -391,7 +391,7 @@ def accuracy_figure(result: dict) -> Figure:
 
 
 def _accuracy_figure(result: dict, names: list[str], sevs: list[int]) -> Figure:
-    from cnnvit.report.figures import model_colors, plain
+    from cnnvit.plotting import model_colors, plain
 
     colors = model_colors([m["label"] for m in result["models"]])
     cols = min(4, max(1, len(names)))

@@ -8,20 +8,23 @@ config gives size and normalisation, as ``validate.py``).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import timm
 import torch
 from torch import nn
 
+from cnnvit.config import read_run_config
 from cnnvit.data.augment import BatchTransform
+from cnnvit.data.pipeline import normalization, rebuild_splits
+from cnnvit.folders import RunFolder
+from cnnvit.models import create_model, model_family
+from cnnvit.models.build import build_model
+from cnnvit.runtime import resolve_device
+from cnnvit.train.checkpoint import evaluated_weights, load_checkpoint
 
-__all__ = ["RunFolderError", "Subject", "subject_from_name", "subject_from_run"]
-
-
-class RunFolderError(FileNotFoundError):
-    """A folder given as a run is not one, or has no checkpoint."""
+__all__ = ["Subject", "subject_from_name", "subject_from_run"]
 
 
 @dataclass
@@ -68,38 +71,23 @@ def subject_from_run(
     run_dir: str | Path, *, device: str | torch.device = "cpu", label: str | None = None
 ) -> Subject:
     """The trained model of a run folder (its latest checkpoint; the EMA if it kept one)."""
-    from cnnvit.config import load_run_config
-    from cnnvit.data.pipeline import load_splits, normalization
-    from cnnvit.models.build import build_model
-    from cnnvit.models.registry import model_family
-    from cnnvit.train.checkpoint import load_checkpoint
-    from cnnvit.train.runtime import resolve_device
-
-    run_dir = Path(run_dir)
-    config, results = run_dir / "config.yaml", run_dir / "results.json"
-    if not config.is_file() or not results.is_file():
-        raise RunFolderError(
-            f"{run_dir} is not a run folder (needs config.yaml and results.json); train one with "
-            "`cnnvit train` or give --model NAME --weights FILE"
-        )
-    cfg = load_run_config(config)
-    info = json.loads(results.read_text())
-    ckpt = load_checkpoint(run_dir)
-    if ckpt is None:
-        raise RunFolderError(f"{run_dir} has no checkpoint (looked in {run_dir}/checkpoints)")
-    dev = resolve_device(str(device)) if not isinstance(device, torch.device) else device
-    data_cfg = cfg.data.model_copy(update={"download": False})
-    splits = load_splits(data_cfg)
-    mean, std = normalization(data_cfg, splits, data_cfg.channels)
+    folder = RunFolder(run_dir)
+    folder.require(checkpoint=True)
+    cfg = read_run_config(folder.config)
+    info = folder.read_results() or {}
+    ckpt = load_checkpoint(folder.path)
+    assert ckpt is not None  # require() checked it
+    dev = resolve_device(device)
+    splits = rebuild_splits(cfg.data)
+    mean, std = normalization(cfg.data, splits, cfg.data.channels)
     image_size = int(info["image_size"])
     model = build_model(
         cfg.model.model_copy(update={"pretrained": False, "weights": None}),
         num_classes=len(splits.classes),
-        in_chans=data_cfg.channels,
+        in_chans=cfg.data.channels,
         img_size=image_size,
     )
-    weights = ckpt.ema_weights if ckpt.ema_weights is not None else ckpt.weights
-    model.load_state_dict(weights)
+    model.load_state_dict(evaluated_weights(ckpt))
     model.eval().to(dev)
     return Subject(
         label=label or cfg.model.name,
@@ -107,11 +95,11 @@ def subject_from_run(
         family=model_family(model),
         classes=[str(c) for c in splits.classes],
         image_size=image_size,
-        channels=data_cfg.channels,
+        channels=cfg.data.channels,
         mean=tuple(mean),
         std=tuple(std),
         device=dev,
-        run_dir=run_dir,
+        run_dir=folder.path,
     )
 
 
@@ -131,11 +119,6 @@ def subject_from_name(
     published weights (``pretrained``), or neither (random: only useful in tests). Size and
     normalisation come from timm's data config for the model, as ``validate.py``;
     ``model_kwargs`` go to the constructor (``reg_tokens=4``)."""
-    import timm
-
-    from cnnvit.models.registry import create_model, model_family
-    from cnnvit.train.runtime import resolve_device
-
     model = create_model(
         name,
         num_classes=len(classes),
@@ -149,7 +132,7 @@ def subject_from_name(
     mean, std = tuple(float(m) for m in cfg["mean"]), tuple(float(s) for s in cfg["std"])
     if channels == 1 and len(mean) == 3:
         mean, std = (sum(mean) / 3,), (sum(std) / 3,)
-    dev = resolve_device(str(device)) if not isinstance(device, torch.device) else device
+    dev = resolve_device(device)
     model.eval().to(dev)
     return Subject(
         label=label or name,

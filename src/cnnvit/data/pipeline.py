@@ -67,7 +67,15 @@ def load_splits(cfg: DataConfig) -> DatasetSplits:
     return splits
 
 
-def _image_size(cfg: DataConfig, source: Source) -> int:
+def rebuild_splits(cfg: DataConfig) -> DatasetSplits:
+    """The splits a run trained and validated on, rebuilt from its data config without
+    downloading: a later stage (evaluation, analyses, agreement) reads what is already here."""
+    return load_splits(cfg.model_copy(update={"download": False}))
+
+
+def image_size(cfg: DataConfig, source: Source) -> int:
+    """The side images are used at: the config's, else the array's own, else the default for
+    files."""
     if cfg.image_size is not None:
         return cfg.image_size
     if isinstance(source, ArraySource):
@@ -118,7 +126,7 @@ def prepare_data(
 ) -> PreparedData:
     """Build train/val loaders and their transforms from a DataConfig."""
     splits = load_splits(cfg)
-    size = _image_size(cfg, splits.train)
+    size = image_size(cfg, splits.train)
     in_memory = _fits_in_memory(cfg, splits, size)
     skipped = list(splits.skipped)
     train_src, val_src = splits.train, splits.val

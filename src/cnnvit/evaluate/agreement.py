@@ -5,7 +5,7 @@ is decided by one: McNemar's exact test on the discordant pairs (the images exac
 two gets right), with a paired bootstrap interval for the accuracy difference beside it. The
 statistics are scipy's and scikit-learn's; this module only arranges them.
 
-Inputs are two ``predictions.parquet`` frames (see :func:`cnnvit.evaluate.metrics.
+Inputs are two ``predictions.parquet`` frames (see :func:`cnnvit.metrics.
 predictions_frame`), aligned on ``index``, the image's position in the validation split.
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,14 @@ from scipy.stats import binomtest
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import cohen_kappa_score
 
+from cnnvit.folders import json_ready
+from cnnvit.formatting import pct
+from cnnvit.plotting import plain
+
+GRID_IMAGES = 16  # images in a grid of disagreements
 AGREEMENT_JSON = "agreement.json"
 PER_CLASS_CSV = "per_class_agreement.csv"
 DISAGREEMENTS_PNG = "disagreements.png"
-PREDICTIONS = "predictions.parquet"  # as cnnvit.evaluate.run writes it (that module imports torch)
 REQUIRED_COLUMNS = ("index", "label", "prediction")
 PER_CLASS_COLUMNS = [
     "class",
@@ -41,11 +45,6 @@ PER_CLASS_COLUMNS = [
     "only_a",
     "only_b",
 ]
-# The data settings that decide which images the validation split holds (image_size, channels,
-# normalisation and the training fraction change how they are seen or trained on, not which).
-_SAME_IMAGES_KEYS = ("spec", "root", "classes", "max_val_images")
-# These matter only where the validation split is carved out of the training files.
-_HOLDOUT_KEYS = ("val_fraction", "split_seed")
 
 
 class AgreementError(ValueError):
@@ -130,7 +129,7 @@ class Agreement:
             "classes": list(self.classes),
             "per_class": self.per_class.to_dict(orient="records"),
         }
-        return _plain(out)
+        return json_ready(out)
 
     def summary(self) -> list[str]:
         """A few plain lines for a terminal: counts, kappas, the test and the verdict."""
@@ -139,11 +138,11 @@ class Agreement:
         level = f"{100 * (1 - self.alpha):g} %"
         rates = self.rates()
         return [
-            f"A = {a}: {_pct(self.accuracy_a)}; B = {b}: {_pct(self.accuracy_b)} "
+            f"A = {a}: {pct(self.accuracy_a, 2)}; B = {b}: {pct(self.accuracy_b, 2)} "
             f"on {self.n:,} images",
-            f"both right {self.both_right:,} ({_pct(rates['both_right'])}), only A right "
+            f"both right {self.both_right:,} ({pct(rates['both_right'], 2)}), only A right "
             f"{self.only_a:,}, only B right {self.only_b:,}, both wrong {self.both_wrong:,}; "
-            f"same prediction {self.same_prediction:,} ({_pct(rates['same_prediction'])})",
+            f"same prediction {self.same_prediction:,} ({pct(rates['same_prediction'], 2)})",
             f"Cohen's kappa {_num(self.kappa)}; error consistency {_num(self.error_consistency)}",
             f"A − B = {_signed_points(self.difference)}, {level} bootstrap interval "
             f"[{_signed_points(lo)}, {_signed_points(hi)}] ({self.n_boot:,} resamples)",
@@ -234,8 +233,8 @@ def align_predictions(
     if len(only_a) or len(only_b):
         raise AgreementError(
             f"the two prediction sets do not hold the same images: {len(only_a)} image(s) only "
-            f"in {names[0]}'s (indices {_some(only_a)}) and {len(only_b)} only in {names[1]}'s "
-            f"(indices {_some(only_b)}); compare runs validated on the same images"
+            f"in {names[0]}'s (indices {some(only_a)}) and {len(only_b)} only in {names[1]}'s "
+            f"(indices {some(only_b)}); compare runs validated on the same images"
         )
     keep = ["index", "label", "prediction", "confidence"]
     joined = pd.merge(
@@ -245,7 +244,7 @@ def align_predictions(
     if differ.any():
         raise AgreementError(
             f"the labels differ for {int(differ.sum())} of {len(joined)} images (indices "
-            f"{_some(joined.loc[differ, 'index'].to_numpy())}): the two prediction sets come "
+            f"{some(joined.loc[differ, 'index'].to_numpy())}): the two prediction sets come "
             "from different validation images or a different class order"
         )
     joined = joined.drop(columns="label_b").rename(columns={"label_a": "label"})
@@ -349,50 +348,7 @@ def _disagreements(joined: pd.DataFrame, right_a: np.ndarray, right_b: np.ndarra
     return out[[*columns, "outcome"]].reset_index(drop=True)
 
 
-# --- run folders ------------------------------------------------------------------------------
-
-
-def agree_runs(
-    run_a: Path | str,
-    run_b: Path | str,
-    out_dir: Path | str | None = None,
-    names: tuple[str, str] | None = None,
-    *,
-    n_boot: int = 10_000,
-    seed: int = 0,
-    alpha: float = 0.05,
-    figure: bool = True,
-    max_images: int = 16,
-) -> Agreement:
-    """Compare two evaluated run folders (``predictions.parquet``, ``config.yaml``).
-
-    Checks first that both validated on the same images (same data spec, root, classes and
-    validation subset; same holdout split where the split is carved from the training files).
-    With ``out_dir``, writes agreement.json, per_class_agreement.csv and (``figure``) the grid of
-    disagreements as disagreements.png; a grid whose images cannot be read is left out with a
-    warning, the statistics are written regardless. ``names`` default to the models' names.
-    """
-    run_a, run_b = Path(run_a), Path(run_b)
-    cfg_a, cfg_b = _run_config(run_a), _run_config(run_b)
-    problem = validation_mismatch(cfg_a.data, cfg_b.data)
-    if problem:
-        raise AgreementError(f"{run_a} and {run_b} did not validate on the same images: {problem}")
-    classes = _run_classes(run_a, run_b)
-    names = names or _default_names(run_a, run_b, cfg_a.model.name, cfg_b.model.name)
-    agreement = compare_predictions(
-        _read_predictions(run_a),
-        _read_predictions(run_b),
-        classes,
-        names=names,
-        n_boot=n_boot,
-        seed=seed,
-        alpha=alpha,
-    )
-    if out_dir is not None:
-        write_agreement(agreement, Path(out_dir))
-        if figure:
-            _write_figure(agreement, run_a, Path(out_dir), max_images)
-    return agreement
+# --- files ------------------------------------------------------------------------------------
 
 
 def write_agreement(agreement: Agreement, out_dir: Path) -> None:
@@ -403,133 +359,45 @@ def write_agreement(agreement: Agreement, out_dir: Path) -> None:
     agreement.per_class.to_csv(out_dir / PER_CLASS_CSV, index=False)
 
 
-def _write_figure(agreement: Agreement, run_dir: Path, out_dir: Path, max_images: int) -> None:
-    path = out_dir / DISAGREEMENTS_PNG
-    shown = agreement.shown_disagreements(max_images)
-    if shown.empty:
-        path.unlink(missing_ok=True)  # no disagreement: no grid, and no stale one either
-        return
-    indices = shown["index"].to_numpy()
+def largest_common(
+    keys_a: Iterable[tuple[float, int]], keys_b: Iterable[tuple[float, int]]
+) -> list[tuple[float, int]]:
+    """The (fraction, seed) cells two models both have at the largest fraction they share, by
+    seed: where a study compares them."""
+    common = set(keys_a) & set(keys_b)
+    if not common:
+        return []
+    fraction = max(f for f, _ in common)
+    return sorted((k for k in common if k[0] == fraction), key=lambda k: k[1])
+
+
+def grid_indices(agreement: Agreement, max_images: int = GRID_IMAGES) -> np.ndarray:
+    """The validation indices a grid of disagreements of the two models may show, in either
+    order (A against B, or B against A)."""
+    shown = agreement.shown_disagreements(max_images)["index"].to_numpy()
+    swapped = agreement.disagreements.assign(
+        outcome=agreement.disagreements["outcome"].replace({"only_a": "only_b", "only_b": "only_a"})
+    )
+    other = replace(agreement, disagreements=swapped).shown_disagreements(max_images)
+    return np.union1d(shown, other["index"].to_numpy()).astype(np.int64)
+
+
+def write_disagreement_images(path: Path, indices: np.ndarray, images: np.ndarray) -> None:
+    """The images (n, H, W, C) uint8 at validation ``indices`` (n,), as one .npz file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez_compressed(tmp, indices=np.asarray(indices, np.int64), images=images)
+    tmp.replace(path)
+
+
+def read_disagreement_images(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(indices, images) from :func:`write_disagreement_images`; None where there is no such
+    file or it cannot be read (never unpickled)."""
     try:
-        images = validation_images(run_dir, indices)
-    except (OSError, ValueError) as err:  # DataError is a ValueError
-        warnings.warn(f"no grid of disagreements: {err}", stacklevel=3)
-        return
-    fig = disagreement_figure(images, agreement, max_images=max_images, indices=indices)
-    fig.savefig(path, format="png", dpi=120, metadata={"Software": None}, facecolor="white")
-
-
-def validation_mismatch(a, b) -> str | None:
-    """Why two runs' ``DataConfig``s validate on different images, or None where they do not."""
-    for key in _SAME_IMAGES_KEYS:
-        if getattr(a, key) != getattr(b, key):
-            return f"data.{key} is {getattr(a, key)!r} against {getattr(b, key)!r}"
-    for key in _HOLDOUT_KEYS:
-        if getattr(a, key) != getattr(b, key) and not _has_own_validation(a):
-            return (
-                f"data.{key} is {getattr(a, key)!r} against {getattr(b, key)!r}, and {a.spec} "
-                "has no validation split of its own, so each run held out different images"
-            )
-    return None
-
-
-def _has_own_validation(data_cfg) -> bool:
-    from cnnvit.data.readers import read_dataset  # lists or reads the files: only when needed
-
-    return read_dataset(data_cfg.spec, root=data_cfg.root, download=False).val is not None
-
-
-def _run_config(run_dir: Path):
-    from cnnvit.config import load_run_config
-
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise AgreementError(f"{run_dir} is not a run folder (no config.yaml)")
-    return load_run_config(path)
-
-
-def _read_predictions(run_dir: Path) -> pd.DataFrame:
-    path = run_dir / PREDICTIONS
-    if not path.is_file():
-        raise AgreementError(
-            f"{run_dir} has no {PREDICTIONS}; evaluate it first with `cnnvit evaluate {run_dir}`"
-        )
-    return pd.read_parquet(path)
-
-
-def _run_classes(run_a: Path, run_b: Path) -> list[str]:
-    """The class names in metrics.json (the same in both runs, or the two are not comparable)."""
-    found = []
-    for run in (run_a, run_b):
-        try:
-            found.append(
-                [str(c) for c in json.loads((run / "metrics.json").read_text())["classes"]]
-            )
-        except (OSError, ValueError, KeyError, TypeError):
-            found.append(None)
-    a, b = found
-    if a is not None and b is not None and a != b:
-        raise AgreementError(
-            f"{run_a} and {run_b} name their classes differently ({_some(a)} against {_some(b)})"
-        )
-    classes = a or b
-    if classes is None:
-        labels = pd.read_parquet(run_a / PREDICTIONS, columns=["label", "prediction"])
-        classes = [str(i) for i in range(int(labels.to_numpy().max()) + 1)]
-    return classes
-
-
-def _default_names(run_a: Path, run_b: Path, model_a: str, model_b: str) -> tuple[str, str]:
-    # Two runs of the same model (two seeds, two recipes) are told apart by their folders.
-    if model_a != model_b:
-        return model_a, model_b
-    a, b = run_a.resolve().name, run_b.resolve().name
-    return (a, b) if a != b else (str(run_a), str(run_b))
-
-
-# --- images -------------------------------------------------------------------------------------
-
-
-def validation_images(run_dir: Path | str, indices: Sequence[int] | np.ndarray) -> np.ndarray:
-    """The run's validation images at ``indices`` (positions in predictions.parquet's ``index``)
-    as (n, H, W, C) uint8, without augmentation or normalisation.
-
-    The split is rebuilt from config.yaml exactly as training built it (reader, classes, holdout,
-    validation subset), without downloading. In-memory formats are indexed directly; image files
-    are decoded only at the indices asked, at the run's image size, after dropping the files the
-    run skipped as unreadable (skipped.csv) so that positions match its predictions.
-    """
-    from cnnvit.data.decode import load_uint8
-    from cnnvit.data.pipeline import DEFAULT_FILE_IMAGE_SIZE, load_splits
-    from cnnvit.data.types import ArraySource, DataError
-
-    run_dir = Path(run_dir)
-    data_cfg = _run_config(run_dir).data.model_copy(update={"download": False})
-    val = load_splits(data_cfg).val
-    assert val is not None  # load_splits always provides one
-    if not isinstance(val, ArraySource):
-        skipped = _skipped_paths(run_dir)
-        keep = [i for i, p in enumerate(val.paths) if str(p) not in skipped]
-        val = val.subset(np.asarray(keep, dtype=np.int64))
-    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-    if len(idx) and (idx.min() < 0 or idx.max() >= len(val)):
-        raise DataError(
-            f"{run_dir}: image index {int(idx.max() if idx.max() >= len(val) else idx.min())} is "
-            f"outside its validation split of {len(val)} images (has the data changed?)"
-        )
-    if isinstance(val, ArraySource):
-        return val.images[idx].copy()  # (n, H, W, C)
-    size = data_cfg.image_size or DEFAULT_FILE_IMAGE_SIZE
-    if not len(idx):
-        return np.empty((0, size, size, 3), np.uint8)
-    return np.stack([load_uint8(val.paths[i], size) for i in idx])  # (n, S, S, 3)
-
-
-def _skipped_paths(run_dir: Path) -> set[str]:
-    path = run_dir / "skipped.csv"
-    if not path.is_file():
-        return set()
-    return set(pd.read_csv(path, dtype=str)["path"])
+        with np.load(path, allow_pickle=False) as saved:
+            return saved["indices"], saved["images"]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 # --- the grid of disagreements ----------------------------------------------------------------
@@ -580,7 +448,7 @@ def disagreement_figure(
             )
             _title(ax, r, classes, names)
         fig.suptitle(
-            f"{_safe(names[0])} (A) and {_safe(names[1])} (B) disagree on "
+            f"{plain(names[0])} (A) and {plain(names[1])} (B) disagree on "
             f"{len(agreement.disagreements):,} of {agreement.n:,} images\n{len(shown)} shown; "
             "green: right, red: wrong; % = the model's confidence"
         )
@@ -589,7 +457,7 @@ def disagreement_figure(
 
 def _title(ax, r, classes: list[str], names: Sequence[str]) -> None:
     lines = [
-        (f"true: {_safe(classes[r.label])}  (#{r.index})", "black"),
+        (f"true: {plain(classes[r.label])}  (#{r.index})", "black"),
         (_prediction_line("A", r.prediction_a, r.confidence_a, classes), _color(r, "a")),
         (_prediction_line("B", r.prediction_b, r.confidence_b, classes), _color(r, "b")),
     ]
@@ -610,7 +478,7 @@ def _title(ax, r, classes: list[str], names: Sequence[str]) -> None:
 
 def _prediction_line(who: str, pred: int, conf: float, classes: list[str]) -> str:
     share = "" if pd.isna(conf) else f" ({100 * float(conf):.0f} %)"
-    return f"{who}: {_safe(classes[int(pred)])}{share}"
+    return f"{who}: {plain(classes[int(pred)])}{share}"
 
 
 def _color(r, which: str) -> str:
@@ -652,15 +520,6 @@ def format_p(p: float) -> str:
     return f"{p:.1e}" if p < 0.001 else f"{p:.3f}"
 
 
-def _safe(text: object) -> str:
-    # A '$' in a class or model name would start matplotlib's mathtext.
-    return str(text).replace("$", r"\$")
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f} %"
-
-
 def _signed_points(x: float) -> str:
     return f"{100 * x:+.2f} points"
 
@@ -669,20 +528,8 @@ def _num(x: float) -> str:
     return "undefined" if math.isnan(x) else f"{x:.3f}"
 
 
-def _some(values, k: int = 5) -> str:
+def some(values, k: int = 5) -> str:
+    """The first ``k`` values, and how many there are in all."""
     values = list(values)
     text = ", ".join(str(v) for v in values[:k])
     return text + (f", … ({len(values)} in all)" if len(values) > k else "")
-
-
-def _plain(obj):
-    """numpy scalars -> Python numbers and NaN -> None, so json.dumps writes valid JSON."""
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    return obj

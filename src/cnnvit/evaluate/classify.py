@@ -12,7 +12,7 @@ from timm.data import ImageNetInfo
 
 from cnnvit.data.decode import decode_rgb
 from cnnvit.evaluate.inference import EvalModel, StageTimer
-from cnnvit.train.runtime import resolve_device
+from cnnvit.runtime import resolve_device
 
 __all__ = ["Prediction", "class_names_for", "classify_images"]
 

@@ -39,11 +39,11 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
+from cnnvit.config import RuntimeConfig
 from cnnvit.data.decode import ImageDecodeError, decode_rgb
 from cnnvit.data.types import DataError, FileSource, SkippedFile, Source
-from cnnvit.evaluate.run import write_probabilities
-from cnnvit.profile.speed import Clock
-from cnnvit.train.runtime import device_name, resolve_device
+from cnnvit.metrics import write_evaluation
+from cnnvit.runtime import Clock, Runtime, device_name, resolve_runtime
 from cnnvit.ui import progress_bar
 
 __all__ = [
@@ -250,9 +250,10 @@ def evaluate_models(
                 f"{m.label} has {m.model.num_classes} classes but the dataset has {len(classes)}; "
                 "evaluate it on data with its own classes (ImageNet models: imagenet-val:PATH)"
             )
-    dev = resolve_device(device)
-    bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda")
-    use_channels_last = channels_last == "on" or (channels_last == "auto" and dev.type == "cuda")
+    runtime = resolve_runtime(
+        RuntimeConfig(device=device, precision=precision, channels_last=channels_last)
+    )
+    dev, use_channels_last = runtime.device, runtime.channels_last
     views = sorted({m.preprocess for m in models}, key=repr)  # distinct crops, cut once each
     view_of = {m.label: views.index(m.preprocess) for m in models}
     for m in models:
@@ -282,7 +283,7 @@ def evaluate_models(
                 indices.append(batch.indices)
                 for m in models:
                     crops = batch.crops[view_of[m.label]]
-                    probs = _run_model(m, crops, dev, bf16, use_channels_last, timer)
+                    probs = _run_model(m, crops, runtime, timer)
                     outputs[m.label][0].append(probs)
                     outputs[m.label][1].append(batch.labels)
             if bar is not None:
@@ -300,7 +301,7 @@ def evaluate_models(
         "num_images": n,
         "skipped_files": [asdict(s) for s in skipped],
         "device": device_name(dev),
-        "dtype": "bf16" if bf16 else "fp32",
+        "dtype": runtime.precision,
         "channels_last": use_channels_last,
         "batch_size": batch_size,
         "num_workers": num_workers,
@@ -317,24 +318,18 @@ def evaluate_models(
 
 
 def _run_model(
-    m: EvalModel,
-    crops: torch.Tensor,
-    device: torch.device,
-    bf16: bool,
-    channels_last: bool,
-    timer: StageTimer,
+    m: EvalModel, crops: torch.Tensor, runtime: Runtime, timer: StageTimer
 ) -> torch.Tensor:
     """(B, 3, S, S) uint8 crops -> (B, C) float32 probabilities on the CPU, timed per stage."""
-    p = m.preprocess
+    p, device = m.preprocess, runtime.device
     with timer.stage(f"{m.label}/preprocess"):
         x = crops.to(device, non_blocking=True).float().div_(255)
         mean = torch.tensor(p.mean, device=device).view(1, 3, 1, 1)
         std = torch.tensor(p.std, device=device).view(1, 3, 1, 1)
         x = x.sub_(mean).div_(std)
-        if channels_last:
+        if runtime.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    with timer.stage(f"{m.label}/forward"), autocast:
+    with timer.stage(f"{m.label}/forward"), runtime.autocast_context():
         logits = m.model(x)
     with timer.stage(f"{m.label}/postprocess"):
         probs = torch.softmax(logits.float(), dim=1).cpu()
@@ -353,7 +348,7 @@ def _write_model(
     labels = torch.cat(outputs[1])  # (N,)
     n = len(labels)
     folder = out_dir / _folder_name(m.label)
-    metrics = write_probabilities(folder, probs, labels, classes, positions)
+    metrics = write_evaluation(folder, probs.numpy(), labels.numpy(), classes, positions.numpy())
     stages = {
         stage: 1000 * timer.seconds.get(f"{m.label}/{stage}", 0.0) / max(n, 1)
         for stage in ("preprocess", "forward", "postprocess")

@@ -29,8 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 import torch.nn as nn
+from timm.models.vision_transformer import VisionTransformer
+
+from cnnvit.models.hub import ModelError, load_weights_file
 
 __all__ = [
     "HFViTCheckpoint",
@@ -93,13 +97,6 @@ _TOP_MAP = {
 }
 
 
-def _error(message: str) -> Exception:
-    # The registry imports this module; its ModelError is the one users catch.
-    from cnnvit.models.registry import ModelError
-
-    return ModelError(message)
-
-
 @dataclass(frozen=True)
 class HFViTCheckpoint:
     """A Hugging Face ViT checkpoint folder: its parsed config and its weights file."""
@@ -124,7 +121,7 @@ def find_hf_vit_checkpoint(folder: str | Path) -> HFViTCheckpoint:
     config = _read_config(folder)
     model_type = config.get("model_type")
     if model_type != "vit":
-        raise _error(
+        raise ModelError(
             f"{folder} holds a Hugging Face checkpoint with model_type {model_type!r} "
             f"(architectures: {config.get('architectures')}); only model_type 'vit' "
             "(ViTModel / ViTForImageClassification) can be converted to a timm ViT"
@@ -134,7 +131,7 @@ def find_hf_vit_checkpoint(folder: str | Path) -> HFViTCheckpoint:
             return HFViTCheckpoint(folder=folder, config=config, weights_file=folder / name)
     sharded = [p.name for p in folder.glob("*.index.json")]
     detail = f"; sharded checkpoints ({', '.join(sharded)}) are not supported" if sharded else ""
-    raise _error(
+    raise ModelError(
         f"Hugging Face ViT folder {folder} has no weights file: expected one of "
         f"{', '.join(WEIGHT_FILES)}{detail}"
     )
@@ -185,17 +182,15 @@ def check_timm_architecture(
     Raises:
         ModelError: every differing field, with both values and the timm name/kwargs that fit.
     """
-    from timm.models.vision_transformer import VisionTransformer
-
     if not isinstance(model, VisionTransformer):
-        raise _error(
+        raise ModelError(
             f"{checkpoint.folder} is a Hugging Face ViT checkpoint; it loads into a timm "
             f"VisionTransformer ({_suggestion(checkpoint)}), not {name} "
             f"({type(model).__name__})"
         )
     act = checkpoint.get("hidden_act")
     if act != "gelu":
-        raise _error(
+        raise ModelError(
             f"{checkpoint.folder}: hidden_act {act!r} is not supported; timm ViTs use exact GELU "
             "(hidden_act 'gelu'), so the converted model would compute something else"
         )
@@ -203,7 +198,7 @@ def check_timm_architecture(
     heads = int(checkpoint.get("num_attention_heads"))
     head_dim = checkpoint.config.get("head_dim")
     if head_dim is not None and head_dim * heads != hidden:
-        raise _error(
+        raise ModelError(
             f"{checkpoint.folder}: head_dim {head_dim} x {heads} heads != hidden_size {hidden}; "
             "timm ViTs split the hidden size evenly over the heads"
         )
@@ -251,7 +246,7 @@ def check_timm_architecture(
     ):
         problems.append(f"{name}'s MLP activation is {act_layer!r}, not exact GELU")
     if problems:
-        raise _error(
+        raise ModelError(
             f"Hugging Face ViT checkpoint {checkpoint.folder} does not fit {name}: "
             f"{'; '.join(problems)}. Use {_suggestion(checkpoint)}"
         )
@@ -268,7 +263,7 @@ def load_hf_vit_state_dict(
     Raises:
         ModelError: unreadable file, a pickle needing objects, or an incomplete layer.
     """
-    return convert_hf_vit_state_dict(_read_weights(checkpoint.weights_file))
+    return convert_hf_vit_state_dict(load_weights_file(checkpoint.weights_file))
 
 
 def convert_hf_vit_state_dict(
@@ -307,7 +302,7 @@ def convert_hf_vit_state_dict(
     for index, params in sorted(qkv.items()):
         for param, parts in params.items():
             if set(parts) != {"q", "k", "v"}:
-                raise _error(
+                raise ModelError(
                     f"Hugging Face ViT layer {index} has attention {param}s for "
                     f"{'/'.join(sorted(parts))} only; query, key and value are all needed"
                 )
@@ -325,7 +320,7 @@ def convert_hf_vit_state_dict(
 def _read_config(folder: Path) -> dict[str, Any]:
     path = folder / CONFIG_FILE
     if not path.is_file():
-        raise _error(
+        raise ModelError(
             f"weights folder {folder} has no {CONFIG_FILE}: a folder must be a Hugging Face ViT "
             "checkpoint (config.json with model_type 'vit' + model.safetensors); otherwise pass "
             "a weights file"
@@ -333,18 +328,10 @@ def _read_config(folder: Path) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _error(f"cannot read {path}: {exc}") from exc
+        raise ModelError(f"cannot read {path}: {exc}") from exc
     if not isinstance(config, dict):
-        raise _error(f"{path} is not a JSON object")
+        raise ModelError(f"{path} is not a JSON object")
     return config
-
-
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    # The registry's reader: safetensors, or torch.load with weights_only=True (never unpickles
-    # objects); the registry imports this module, hence the late import.
-    from cnnvit.models.registry import load_weights_file
-
-    return load_weights_file(path)
 
 
 # --- architecture ---------------------------------------------------------------------------
@@ -374,8 +361,6 @@ def _norm_eps(model: nn.Module) -> float | None:
 
 def _suggestion(checkpoint: HFViTCheckpoint) -> str:
     """A timm name (when one has exactly this architecture) and the kwargs that build it."""
-    import timm
-
     hidden = int(checkpoint.get("hidden_size"))
     patch = _pair(checkpoint.get("patch_size"))
     image = _pair(checkpoint.get("image_size"))

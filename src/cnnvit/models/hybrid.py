@@ -44,6 +44,8 @@ from timm.layers import resample_abs_pos_embed
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
+from cnnvit.models.hub import ModelError, load_weights_file, published_state_dict
+
 # Built-ins whose `pretrained=True` means their inner ViT's published weights.
 PRETRAINED_FROM_INNER_VIT = ("hybrid_convblock_vit_base", "hybrid_convblock_vit_tiny")
 
@@ -312,15 +314,11 @@ def load_vit_weights(vit: nn.Module, path: str | Path) -> None:
     Raises:
         ModelError: the file is unreadable, or does not hold this ViT's (non-head) weights.
     """
-    from cnnvit.models.registry import load_weights_file  # registry imports us
-
     _load_vit_state(vit, dict(load_weights_file(path)), str(path))
 
 
 def _load_vit_state(vit: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
     """:func:`load_vit_weights` for a state dict in memory (``source`` names it in errors)."""
-    from cnnvit.models.registry import ModelError  # registry imports us
-
     own = vit.state_dict()
     pos = state_dict.get("pos_embed")
     if pos is not None and "pos_embed" in own and pos.shape != own["pos_embed"].shape:
@@ -380,18 +378,15 @@ def _create_hybrid(
 
 
 def _published_vit_state(variant: str, vit_arch: str) -> dict[str, torch.Tensor]:
-    """The published weights of ``vit_arch`` through the registry (hub or local cache; fails
-    in seconds offline), as a state dict for :func:`_load_vit_state`."""
-    from cnnvit.models.registry import ModelError, create_model  # registry imports us
-
+    """The published weights of ``vit_arch`` (hub or local cache; fails in seconds offline),
+    as a state dict for :func:`_load_vit_state`."""
     try:
-        vit = create_model(vit_arch, num_classes=1000, pretrained=True)
+        return published_state_dict(vit_arch)
     except ModelError as err:
         raise ModelError(
             f"{variant}: no pretrained {vit_arch} for its transformer ({err}); or pass a local "
             f"timm ViT file: vit_weights=path/to/{vit_arch}.safetensors"
         ) from err
-    return vit.state_dict()
 
 
 @register_model

@@ -27,7 +27,6 @@ import difflib
 import sys
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlparse
 
 import timm
 import torch
@@ -35,13 +34,21 @@ import torch.nn as nn
 from timm.models import get_pretrained_cfg, is_model, split_model_name_tag
 
 from cnnvit.models import gresnet, hf_vit, hybrid, resnet_cifar, vit_small
-from cnnvit.net import offline_reason, unreachable
+from cnnvit.models.hub import (
+    WEIGHTS_HINT,
+    ModelError,
+    UnknownModelError,
+    cached_weights,
+    hub_reachable,
+    load_weights_file,
+)
 from cnnvit.ui import console
 
 __all__ = [
     "ModelError",
     "UnknownModelError",
     "create_model",
+    "family_of_name",
     "list_builtin_models",
     "load_weights_file",
     "model_family",
@@ -54,17 +61,7 @@ Family = Literal["cnn", "vit", "hybrid"]
 _BUILTIN_MODULES = tuple(
     m.__name__.rsplit(".", 1)[-1] for m in (gresnet, hybrid, resnet_cifar, vit_small)
 )
-_HUB_PROBE_TIMEOUT_S = 3.0
 _REPORT_NAMES = 5  # tensor names shown per kind in the load report line
-_WEIGHTS_HINT = "pass a local file instead (config: `model.weights: path/to/model.safetensors`)"
-
-
-class ModelError(ValueError):
-    """A model cannot be created or loaded as asked; the message says what to do instead."""
-
-
-class UnknownModelError(ModelError):
-    """No timm model or cnnvit built-in has this name."""
 
 
 def list_builtin_models() -> list[str]:
@@ -134,30 +131,14 @@ def create_model(
     return timm.create_model(name, pretrained=False, **model_kwargs)
 
 
-def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from a safetensors or torch file (``weights_only=True``, on CPU).
-
-    Training checkpoints that wrap the weights (``{"state_dict": ...}``, ``{"model": ...}``, EMA)
-    are unwrapped and DDP / torch.compile prefixes removed, as timm does.
-
-    Raises:
-        ModelError: the file is missing, unreadable, or needs unsafe unpickling.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"weights file not found: {path}")
+def family_of_name(name: str) -> Family | None:
+    """The family of a model name; None for a name the registry does not know (building the
+    model reports that error properly later). What :func:`cnnvit.config.load_run_config`
+    needs to split a preset by family."""
     try:
-        state_dict = timm.models.load_state_dict(str(path), weights_only=True)
-    except Exception as exc:  # torch/safetensors raise many types for a bad file
-        raise ModelError(
-            f"cannot read weights file {path}: {exc}. Use a .safetensors file, or a torch file of "
-            "tensors only (it is loaded with weights_only=True; arbitrary pickles are refused)"
-        ) from exc
-    if not isinstance(state_dict, dict) or not all(
-        isinstance(v, torch.Tensor) for v in state_dict.values()
-    ):
-        raise ModelError(f"weights file {path} does not hold a state dict of tensors")
-    return state_dict
+        return model_family(name)
+    except ModelError:
+        return None
 
 
 def model_family(model_or_name: nn.Module | str) -> Family:
@@ -434,54 +415,19 @@ def _create_pretrained(name: str, model_kwargs: dict[str, Any]) -> nn.Module:
         return timm.create_model(name, pretrained=True, **model_kwargs)
     cfg = get_pretrained_cfg(name)
     if cfg is None or not cfg.has_weights:
-        raise ModelError(f"{name} has no published pretrained weights; {_WEIGHTS_HINT}")
-    if _hub_reachable(cfg):
+        raise ModelError(f"{name} has no published pretrained weights; {WEIGHTS_HINT}")
+    if hub_reachable(cfg):
         try:
             return timm.create_model(name, pretrained=True, **model_kwargs)
         except Exception as exc:  # network, hub and format errors all mean "could not fetch"
             raise ModelError(
-                f"could not fetch pretrained weights for {name}: {exc}; {_WEIGHTS_HINT}"
+                f"could not fetch pretrained weights for {name}: {exc}; {WEIGHTS_HINT}"
             ) from exc
-    cached = _cached_weights(cfg)
+    cached = cached_weights(cfg)
     if cached is not None:
         return _create_from_file(name, cached, model_kwargs)
     where = cfg.hf_hub_id or cfg.url
     raise ModelError(
         f"could not fetch pretrained weights for {name} from {where}: no network (or offline mode) "
-        f"and not in the local cache; {_WEIGHTS_HINT}"
+        f"and not in the local cache; {WEIGHTS_HINT}"
     )
-
-
-def _hub_reachable(cfg: Any) -> bool:
-    """Whether the weights' host answers within a few seconds (False when offline)."""
-    if offline_reason() is not None:
-        return False
-    if cfg.hf_hub_id:
-        from huggingface_hub import constants
-
-        if constants.is_offline_mode():
-            return False
-        return unreachable(constants.ENDPOINT, _HUB_PROBE_TIMEOUT_S) is None
-    return bool(cfg.url) and unreachable(cfg.url, _HUB_PROBE_TIMEOUT_S) is None
-
-
-def _cached_weights(cfg: Any) -> Path | None:
-    """A copy of the published weights already on disk (HF cache or torch hub cache), if any."""
-    if cfg.hf_hub_id:
-        from huggingface_hub import try_to_load_from_cache
-
-        repo_id, _, revision = cfg.hf_hub_id.partition("@")
-        names = (
-            [cfg.hf_hub_filename]
-            if cfg.hf_hub_filename
-            else ["model.safetensors", "pytorch_model.bin"]
-        )
-        for filename in names:
-            found = try_to_load_from_cache(repo_id, filename, revision=revision or None)
-            if isinstance(found, str):
-                return Path(found)
-    if cfg.url:
-        candidate = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name
-        if candidate.is_file():
-            return candidate
-    return None

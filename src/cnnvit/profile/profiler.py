@@ -29,10 +29,11 @@ import torch
 import torch.nn as nn
 from rich.table import Table
 
+from cnnvit.config import read_run_config
+from cnnvit.folders import RunFolder
 from cnnvit.models.registry import ModelError, create_model
 from cnnvit.models.surgery import freeze_all_but_last_blocks
 from cnnvit.profile.cost import Cost, count_flops, measure_cost, save_weights
-from cnnvit.profile.memory import release_cached_memory
 from cnnvit.profile.speed import (
     Clock,
     MemoryPeak,
@@ -46,7 +47,7 @@ from cnnvit.profile.speed import (
     random_batch,
     time_repeats,
 )
-from cnnvit.train.runtime import Runtime, device_name, resolve_device
+from cnnvit.runtime import Runtime, device_name, release_cached_memory, resolve_device
 from cnnvit.ui import console, progress_bar
 
 __all__ = [
@@ -604,25 +605,13 @@ def profile_run(run_dir: str | Path, **options: Any) -> ModelProfile:
     Raises:
         FileNotFoundError: not a run folder, or no checkpoint in it.
     """
-    from cnnvit.config import load_run_config
-    from cnnvit.train.checkpoint import EMA_WEIGHTS, WEIGHTS, latest_checkpoint_dir
-
-    run_dir = Path(run_dir)
-    config, results = run_dir / "config.yaml", run_dir / "results.json"
-    if not config.is_file() or not results.is_file():
-        raise FileNotFoundError(
-            f"{run_dir} is not a run folder (needs config.yaml and results.json)"
-        )
-    cfg = load_run_config(config)
-    info = json.loads(results.read_text())
-    folder = latest_checkpoint_dir(run_dir)
-    if folder is None:
-        raise FileNotFoundError(
-            f"{run_dir} has no checkpoint to profile (looked in {run_dir}/checkpoints)"
-        )
-    weights = folder / EMA_WEIGHTS if (folder / EMA_WEIGHTS).is_file() else folder / WEIGHTS
+    folder = RunFolder(run_dir)
+    folder.require(checkpoint=True)
+    cfg = read_run_config(folder.config)
+    info = folder.read_results() or {}
+    weights = folder.evaluated_weights()
     options.setdefault("image_size", int(info["image_size"]))
-    options.setdefault("label", f"{cfg.model.name} ({run_dir.name})")
+    options.setdefault("label", f"{cfg.model.name} ({folder.name})")
     return profile_model(
         cfg.model.name,
         weights=weights,

@@ -1,9 +1,8 @@
 """How fast a model runs: batch-1 latency, batched throughput, training steps, peak memory.
 
-Every clock read goes through a :class:`Clock`, which synchronises the device first: a GPU runs
-work asynchronously, so reading ``time.perf_counter`` right after a launch times the launch, not
-the work. The clock is injected (``synchronize`` and ``now`` callables), so tests can drive the
-measuring code with a fake asynchronous device and check the order of calls.
+Every clock read goes through a :class:`cnnvit.runtime.Clock`, which synchronises the device
+first; the clock is injected, so tests can drive the measuring code with a fake asynchronous
+device and check the order of calls.
 
 Each measurement runs ``warmup`` untimed calls (allocator, cuDNN autotuning, compilation), then
 ``repeats`` timed calls, one clock read before and after each. With ``repeats=None`` the count
@@ -15,7 +14,6 @@ summarised by :class:`Spread` (median, p95, quartiles, standard deviation, range
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TypeVar
@@ -25,11 +23,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cnnvit.profile.memory import PeakMemory, release_cached_memory
-from cnnvit.train.runtime import Runtime
+from cnnvit.runtime import Clock, PeakMemory, Runtime, release_cached_memory
 
 __all__ = [
-    "Clock",
     "MemoryPeak",
     "RepeatPlan",
     "Spread",
@@ -42,34 +38,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-
-# --- the clock seam -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Clock:
-    """``read()``: synchronise the device, then read the time (seconds)."""
-
-    synchronize: Callable[[], None]
-    now: Callable[[], float] = time.perf_counter
-
-    def read(self) -> float:
-        self.synchronize()
-        return self.now()
-
-    @classmethod
-    def for_device(cls, device: torch.device) -> Clock:
-        """``time.perf_counter`` after ``torch.cuda.synchronize`` / ``torch.mps.synchronize``."""
-        if device.type == "cuda":
-            return cls(synchronize=lambda: torch.cuda.synchronize(device))
-        if device.type == "mps":
-            return cls(synchronize=torch.mps.synchronize)
-        return cls(synchronize=_no_sync)  # CPU kernels return when their work is done
-
-
-def _no_sync() -> None:
-    pass
 
 
 # --- repeats and their summary ------------------------------------------------------------------

@@ -7,9 +7,10 @@ exact test and a paired bootstrap interval. The two cells of a seed share the da
 its split seed, so they validated on the same images; ``compare_predictions`` checks it anyway
 (same indices, same labels) and a pair that fails the check is reported, not compared.
 
-Only files are read (predictions.parquet, metrics.json); the grid of disagreements also reads
-the validation images through the run's config and is left out, with the reason, where the
-data is not at hand. Bootstrap seed and figure are fixed, so a rebuild gives the same bytes.
+Only files are read (predictions.parquet, metrics.json, and for the grid of disagreements the
+images the study saved under ``agreement/``; a study whose images were not saved shows the
+table without the grid, and says why). Bootstrap seed and figure are fixed, so a rebuild gives
+the same bytes.
 """
 
 from __future__ import annotations
@@ -26,16 +27,18 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from cnnvit.evaluate.agreement import (
-    PREDICTIONS,
+    GRID_IMAGES,
     Agreement,
     AgreementError,
     compare_predictions,
     disagreement_figure,
     format_p,
-    validation_images,
+    largest_common,
+    read_disagreement_images,
 )
+from cnnvit.folders import RunFolder, StudyFolder
+from cnnvit.markup import Markup, esc, img, join, note, table, tag
 from cnnvit.report.collect import StudyData
-from cnnvit.report.html import Markup, esc, img, join, note, table, tag
 from cnnvit.report.verdict import head_to_head
 
 if TYPE_CHECKING:
@@ -46,7 +49,7 @@ FIGURE = "disagreements"
 ALPHA = 0.05
 N_BOOT = 10_000
 BOOT_SEED = 0  # fixed: the report must rebuild to the same bytes
-MAX_SHOWN = 16
+MAX_SHOWN = GRID_IMAGES
 COLUMNS = [
     "model_a",
     "model_b",
@@ -132,13 +135,15 @@ class StudyAgreement:
             return None, "No compared pair disagrees on any image, so there is no grid to show."
         agreement = row.agreement
         assert agreement is not None
-        shown = agreement.shown_disagreements(MAX_SHOWN)["index"].to_numpy()
-        run_dir = next(c.run_dir for c in self.data.info.cells if c.id == row.cell_a)
-        try:
-            images = validation_images(run_dir, shown)
-        except Exception as err:  # data moved or gone: the grid illustrates, it must not stop
-            return None, f"No grid of disagreements: the validation images cannot be read ({err})."
-        fig = disagreement_figure(images, agreement, max_images=MAX_SHOWN, indices=shown)
+        path = StudyFolder(self.data.info.root).disagreement_images(row.cell_a, row.cell_b)
+        saved = read_disagreement_images(path)
+        if saved is None:
+            return None, (
+                f"No grid of disagreements: the study has not saved the images where {row.a} "
+                f"and {row.b} disagree ({path}; `cnnvit compare` saves them after training)."
+            )
+        indices, images = saved
+        fig = disagreement_figure(images, agreement, max_images=MAX_SHOWN, indices=indices)
         depth = "" if row.trainable_blocks is None else f", last {row.trainable_blocks} blocks"
         caption = (
             f"{row.a} (A) against {row.b} (B), seed {row.seed}, {_images(row.num_train_images)}"
@@ -173,7 +178,7 @@ def study_agreement(data: StudyData, families: Mapping[str, str] | None = None) 
 def _cells_with_predictions(data: StudyData) -> pd.DataFrame:
     runs = {c.id: c.run_dir for c in data.info.cells}
     done = data.results[data.results["status"] == "completed"]
-    has = [c in runs and (runs[c] / PREDICTIONS).is_file() for c in done["cell"]]
+    has = [c in runs and RunFolder(runs[c]).predictions.is_file() for c in done["cell"]]
     return done[np.asarray(has, dtype=bool)] if len(done) else done
 
 
@@ -206,12 +211,9 @@ def _pair_rows(
     """One row per seed at the largest fraction where both models have predictions."""
     by_a = {(r.fraction, r.seed): r for r in group[group["model"] == a].itertuples()}
     by_b = {(r.fraction, r.seed): r for r in group[group["model"] == b].itertuples()}
-    common = [key for key in by_a if key in by_b]
-    if not common:
-        return []
-    fraction = max(f for f, _ in common)
     rows = []
-    for key in sorted((k for k in common if k[0] == fraction), key=lambda k: k[1]):
+    for key in largest_common(by_a, by_b):
+        fraction = key[0]
         ra, rb = by_a[key], by_b[key]
         agreement, problem = _compare(data, ra.cell, rb.cell, a, b, cache)
         rows.append(
@@ -252,7 +254,7 @@ def _compare(
 def _predictions(data: StudyData, cell: str, cache: dict[str, pd.DataFrame]) -> pd.DataFrame:
     if cell not in cache:
         run_dir = {c.id: c.run_dir for c in data.info.cells}[cell]
-        cache[cell] = pd.read_parquet(run_dir / PREDICTIONS)
+        cache[cell] = RunFolder(run_dir).read_predictions()
     return cache[cell]
 
 

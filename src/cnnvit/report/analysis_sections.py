@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cnnvit.report.html import Markup, join, note, tag
+from cnnvit.markup import Markup, join, note, tag
 
 if TYPE_CHECKING:
     from cnnvit.report.sections import ReportContext

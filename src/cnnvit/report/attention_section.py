@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cnnvit.report.html import Markup, img, join, note, table, tag
+from cnnvit.markup import Markup, img, join, note, table, tag
 
 __all__ = ["render_attention"]
 

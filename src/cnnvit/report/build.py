@@ -15,9 +15,10 @@ from rich.console import Console
 from rich.markup import escape  # a label like '[red]x' is not rich markup
 from rich.table import Table
 
+from cnnvit.formatting import pm
+from cnnvit.plotting import save_png
 from cnnvit.report.analysis_summary import COLUMNS, analysis_headlines, format_headline
 from cnnvit.report.collect import collect_results, load_study_data, summarize
-from cnnvit.report.figures import save_png
 from cnnvit.report.html import render_page
 from cnnvit.report.sections import SECTIONS, ReportContext, Section, render_header
 from cnnvit.ui import at_least_width
@@ -153,7 +154,7 @@ def _summary_cells(row, planned: int) -> list[str]:
     return [
         "—" if pd.isna(row.num_train_images) else f"{int(row.num_train_images):,}",
         f"{row.n}/{planned}",
-        _pm(row.final_val_top1_mean, row.final_val_top1_std),
+        pm(row.final_val_top1_mean, row.final_val_top1_std),
         "—" if pd.isna(row.train_seconds) else f"{row.train_seconds:.1f} s",
         "—" if pd.isna(row.peak_memory_mb) else f"{row.peak_memory_mb:,.0f} MB",
     ]
@@ -162,9 +163,3 @@ def _summary_cells(row, planned: int) -> list[str]:
 def _key(model: str, fraction: float, blocks: object) -> tuple[str, float, int | None]:
     # pd.NA (all layers trainable) neither equals itself nor hashes usefully: use None.
     return model, float(fraction), None if pd.isna(blocks) else int(blocks)
-
-
-def _pm(mean: float, std: float) -> str:
-    if pd.isna(std):
-        return f"{100 * mean:.2f} %"
-    return f"{100 * mean:.2f} ± {100 * std:.2f} %"

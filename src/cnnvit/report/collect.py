@@ -8,7 +8,6 @@ enough to say anything). Numbers a run did not produce are NaN, not errors.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +15,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 from scipy import stats
+
+from cnnvit.folders import RunFolder, StudyFolder, StudyFolderError, read_json
+from cnnvit.formatting import as_number
 
 # The columns of results.csv, in order (the issue's list).
 RESULT_COLUMNS = [
@@ -79,10 +80,6 @@ _COUNT_COLUMNS = (
 )
 
 
-class StudyFolderError(ValueError):
-    """The folder is not a study folder (no study.json and no run folders)."""
-
-
 @dataclass(frozen=True)
 class CellSpec:
     """One cell as study.json lists it."""
@@ -141,11 +138,12 @@ def load_study_info(study_dir: Path | str) -> StudyInfo:
     Without study.json (a hand-made folder, or the runner died before writing it) the cells are
     the run folders under ``runs/``, described by their own results.json.
     """
-    root = Path(study_dir)
-    config = _read_yaml(root / "study.yaml") or {}
-    meta = _read_json(root / "study.json")
+    folder = StudyFolder(study_dir)
+    root = folder.path
+    config = folder.read_config_data() or {}
+    meta = folder.read_info()
     if meta is None:
-        cells = _cells_from_run_folders(root)
+        cells = _cells_from_run_folders(folder)
         if not cells:
             raise StudyFolderError(f"{root} has neither study.json nor run folders under runs/")
         meta = {}
@@ -171,26 +169,26 @@ def _cell_spec(root: Path, c: dict[str, Any]) -> CellSpec:
         fraction=float(c["fraction"]),
         seed=int(c["seed"]),
         trainable_blocks=None if tb is None else int(tb),
-        run_dir=root / c.get("run_dir", f"runs/{c['id']}"),
+        run_dir=root / c.get("run_dir", StudyFolder(root).run_dir_entry(str(c["id"]))),
     )
 
 
-def _cells_from_run_folders(root: Path) -> list[CellSpec]:
+def _cells_from_run_folders(folder: StudyFolder) -> list[CellSpec]:
     out = []
-    for run_dir in sorted((root / "runs").glob("*/")):
-        res = _read_json(run_dir / "results.json") or {}
+    for run in folder.run_folders():
+        res = run.read_results() or {}
         if not res:
             continue
         tb = res.get("trainable_blocks")
         out.append(
             CellSpec(
-                id=run_dir.name,
-                model=str(res.get("model", run_dir.name)),
+                id=run.name,
+                model=str(res.get("model", run.name)),
                 model_name=res.get("model"),
                 fraction=float(res.get("train_fraction", 1.0)),
                 seed=int(res.get("seed", 0)),
                 trainable_blocks=None if tb is None else int(tb),
-                run_dir=run_dir,
+                run_dir=run.path,
             )
         )
     return out
@@ -227,7 +225,7 @@ def collect_results(study_dir: Path | str, info: StudyInfo | None = None) -> pd.
 
 
 def _result_row(cell: CellSpec) -> dict[str, Any]:
-    res = _read_json(cell.run_dir / "results.json")
+    res = RunFolder(cell.run_dir).read_results()
     row: dict[str, Any] = {
         "cell": cell.id,
         "model": cell.model,
@@ -239,11 +237,11 @@ def _result_row(cell: CellSpec) -> dict[str, Any]:
     }
     res = res or {}
     for col, key in _RESULT_KEYS.items():
-        row[col] = _number(res.get(key))
+        row[col] = as_number(res.get(key))
     # The final evaluation's top-1 is the number of record; a run that stopped early only has
     # the last epoch's validation accuracy.
-    final = _number(res.get("final_top1"))
-    row["final_val_top1"] = final if not math.isnan(final) else _number(res.get("final_val_acc"))
+    final = as_number(res.get("final_top1"))
+    row["final_val_top1"] = final if not math.isnan(final) else as_number(res.get("final_val_acc"))
     for col in _COUNT_COLUMNS:
         row[col] = None if math.isnan(row[col]) else int(row[col])
     return row
@@ -337,7 +335,7 @@ def read_curves(info: StudyInfo, results: pd.DataFrame) -> pd.DataFrame:
     frames = []
     runs = {c.id: c.run_dir for c in info.cells}
     for row in results[results["status"] == "completed"].itertuples(index=False):
-        path = runs[row.cell] / "epochs.csv"
+        path = RunFolder(runs[row.cell]).epochs
         if not path.is_file():
             continue
         epochs = pd.read_csv(path)
@@ -360,44 +358,26 @@ def read_curves(info: StudyInfo, results: pd.DataFrame) -> pd.DataFrame:
 
 def read_metrics(info: StudyInfo) -> dict[str, dict[str, Any]]:
     """metrics.json of every cell that has one, by cell id."""
-    return _read_per_cell(info, "metrics.json")
+    found = {cell.id: RunFolder(cell.run_dir).read_metrics() for cell in info.cells}
+    return {cell_id: data for cell_id, data in found.items() if data is not None}
 
 
 def read_environments(info: StudyInfo) -> dict[str, dict[str, Any]]:
     """environment.json of every cell that has one, by cell id."""
-    return _read_per_cell(info, "environment.json")
-
-
-def _read_per_cell(info: StudyInfo, name: str) -> dict[str, dict[str, Any]]:
-    found = {cell.id: _read_json(cell.run_dir / name) for cell in info.cells}
+    found = {cell.id: read_json(RunFolder(cell.run_dir).environment) for cell in info.cells}
     return {cell_id: data for cell_id, data in found.items() if data is not None}
 
 
-# --- small readers -------------------------------------------------------------------------
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    # A half-written or corrupt file must not stop the report: the cell shows as missing.
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _read_yaml(path: Path) -> dict[str, Any] | None:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _number(value: Any) -> float:
-    try:
-        return math.nan if value is None else float(value)
-    except (TypeError, ValueError):
-        return math.nan
+def read_families(info: StudyInfo) -> dict[str, str]:
+    """Model label -> family (cnn, vit, hybrid) as its runs recorded it in results.json;
+    ``unknown`` for a model none of whose runs says (not started, or written before cnnvit
+    recorded families)."""
+    families: dict[str, str] = {}
+    for cell in info.cells:
+        family = (RunFolder(cell.run_dir).read_results() or {}).get("family")
+        if isinstance(family, str) and cell.model not in families:
+            families[cell.model] = family
+    return {model: families.get(model, "unknown") for model in info.models}
 
 
 # --- everything a report needs -------------------------------------------------------------
@@ -413,6 +393,7 @@ class StudyData:
     curves: pd.DataFrame
     metrics: dict[str, dict[str, Any]]
     environments: dict[str, dict[str, Any]]
+    families: dict[str, str] = field(default_factory=dict)  # model label -> cnn/vit/hybrid
 
     @property
     def models(self) -> list[str]:
@@ -430,4 +411,5 @@ def load_study_data(study_dir: Path | str) -> StudyData:
         curves=read_curves(info, results),
         metrics=read_metrics(info),
         environments=read_environments(info),
+        families=read_families(info),
     )

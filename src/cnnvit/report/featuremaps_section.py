@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cnnvit.report.html import Markup, img, join, note, tag
+from cnnvit.markup import Markup, img, join, note, tag
 
 FEATUREMAPS_JSON = "featuremaps.json"
 

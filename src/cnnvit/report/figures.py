@@ -1,44 +1,19 @@
-"""The report's figures, drawn with matplotlib's Agg renderer into deterministic PNG bytes.
-
-Figures are built on ``matplotlib.figure.Figure`` directly (not pyplot), so nothing global is
-touched: no backend switch, no open-figure registry that leaks memory across a long study. Each
-model keeps one colour in every figure (its position in the study), so a reader can follow it.
-"""
+"""The report's study figures: accuracy against training images, learning curves, confusion
+matrices (style, palette and PNG bytes from :mod:`cnnvit.plotting`)."""
 
 from __future__ import annotations
 
-import io
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-import matplotlib as mpl
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
+from cnnvit.plotting import format_count, model_colors, plain, style
 from cnnvit.report.verdict import Crossing
-
-DPI = 120
-# Okabe-Ito: distinguishable with the common colour-vision deficiencies (yellow left out: too
-# pale on white).
-PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"]
-# matplotlib's own defaults differ between versions and user rc files; pin what shows.
-STYLE = {
-    "font.family": "DejaVu Sans",
-    "font.size": 10,
-    "axes.titlesize": 11,
-    "axes.labelsize": 10,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "legend.frameon": False,
-    "svg.hashsalt": "cnnvit",
-}
 
 
 # Accuracy ticks as percentages, without trailing zeros: 88%, 77.5%.
@@ -62,49 +37,7 @@ class ConfusionPanel:
     counts: np.ndarray  # (K, K), rows = true class, columns = predicted class
 
 
-# --- helpers shared by every figure ---------------------------------------------------------
-
-
-def model_colors(models: Sequence[str]) -> dict[str, str]:
-    """A fixed colour per model, by its position in the study."""
-    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(models)}
-
-
-def format_count(n: float) -> str:
-    """Short image counts for axis ticks: 600, 3k, 12k, 1.5k, 2M."""
-    n = float(n)
-    for unit, scale in (("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            value = n / scale
-            text = f"{value:.1f}" if value < 10 else f"{value:.0f}"
-            return text.removesuffix(".0") + unit
-    return f"{n:.0f}"
-
-
-def plain(text: object) -> str:
-    """Text from the data, safe for matplotlib: a '$' would start mathtext and may not parse."""
-    return str(text).replace("$", r"\$")
-
-
-def png_bytes(fig: Figure) -> bytes:
-    """The figure as PNG bytes; identical bytes for identical figures (no software/date tag)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None}, facecolor="white")
-    return buf.getvalue()
-
-
-def save_png(fig: Figure, path: Path) -> bytes:
-    """Write the figure as PNG to ``path``; returns the bytes written."""
-    data = png_bytes(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return data
-
-
-@contextmanager
-def _style() -> Iterator[None]:
-    with mpl.rc_context(STYLE):
-        yield
+# --- helpers shared by the study figures ------------------------------------------------
 
 
 def _blocks_label(blocks: object) -> str:
@@ -142,7 +75,7 @@ def accuracy_vs_images(
         return None
     colors = model_colors(models)
     groups = list(summary.groupby("trainable_blocks", sort=False, dropna=False))
-    with _style():
+    with style():
         fig = Figure(figsize=(6.4 * len(groups) + 0.6, 4.2), layout="constrained")
         axes = fig.subplots(1, len(groups), sharey=True, squeeze=False)[0]
         for ax, (blocks, group) in zip(axes, groups, strict=True):
@@ -211,7 +144,7 @@ def learning_curves(curves: pd.DataFrame, models: Sequence[str]) -> Figure | Non
         return None
     colors = model_colors(models)
     panels = list(curves.groupby(["trainable_blocks", "fraction"], sort=True, dropna=False))
-    with _style():
+    with style():
         fig = Figure(figsize=(10.0, 2.9 * len(panels) + 0.7), layout="constrained")
         present = [m for m in models if m in set(curves["model"])]
         handles = [Line2D([], [], color=colors[m], linewidth=2.5, label=plain(m)) for m in present]
@@ -271,7 +204,7 @@ def confusion_matrices(panels: Sequence[ConfusionPanel], models: Sequence[str]) 
     colors = model_colors(models)
     k = max(len(p.classes) for p in panels)
     side = min(9.0, max(3.6, 0.42 * k + 1.6))  # inches per panel; grows with the class count
-    with _style(), mpl.rc_context({"axes.grid": False}):
+    with style(**{"axes.grid": False}):
         fig = Figure(figsize=(side * len(panels) + 1.0, side + 0.9), layout="constrained")
         axes = fig.subplots(1, len(panels), squeeze=False)[0]
         image = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cnnvit.report.html import Markup, folder_figure, join, note, table, tag
+from cnnvit.markup import Markup, folder_figure, join, note, table, tag
 
 GRADCAM_JSON = "gradcam.json"
 

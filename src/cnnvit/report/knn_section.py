@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cnnvit.report.html import Markup, img, join, note, table, tag
+from cnnvit.markup import Markup, img, join, note, table, tag
 
 KNN_JSON = "knn.json"
 KNN_PNG = "knn.png"

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 import pandas as pd
 from matplotlib.figure import Figure
 
+from cnnvit.markup import img, join, note, table
 from cnnvit.profile import ModelProfile, profile_rows
 from cnnvit.profile.plot import sweep_figure
 from cnnvit.report.collect import StudyData
-from cnnvit.report.html import img, join, note, table
 
 if TYPE_CHECKING:
     from cnnvit.report.sections import ReportContext

@@ -8,7 +8,6 @@ handed back through ``ctx.figures`` / ``ctx.tables``). Adding a section to the r
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -17,6 +16,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from cnnvit.formatting import count, is_missing, pct, pm
+from cnnvit.markup import Markup, esc, img, join, note, table, tag
+from cnnvit.plotting import model_colors
 from cnnvit.report import figures as figs
 from cnnvit.report.agreement import (
     StudyAgreement,
@@ -34,7 +36,6 @@ from cnnvit.report.analysis_sections import (
 )
 from cnnvit.report.analysis_summary import analysis_verdict
 from cnnvit.report.collect import StudyData
-from cnnvit.report.html import Markup, esc, img, join, note, table, tag
 from cnnvit.report.profile_section import profile_figures, profile_tables, render_profile
 from cnnvit.report.tables import (
     accuracy_table,
@@ -49,7 +50,6 @@ from cnnvit.report.verdict import (
     find_crossings,
     format_seconds,
     head_to_head,
-    model_families,
     verdict,
 )
 
@@ -64,12 +64,11 @@ class ReportContext:
     figures: dict[str, bytes] = field(default_factory=dict)  # name -> PNG bytes
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # name -> table
 
-    @cached_property
+    @property
     def families(self) -> dict[str, str]:
-        # Only needed to pick a head-to-head pair among 3+ models; it imports torch and timm.
-        if len(self.data.models) <= 2:
-            return {}
-        return model_families(self.data.info.model_names)
+        """Model label -> family, as the runs recorded it (picks the head-to-head pair among 3+
+        models)."""
+        return self.data.families
 
     @cached_property
     def verdict(self) -> list[str]:
@@ -89,7 +88,7 @@ class ReportContext:
 
     @cached_property
     def colors(self) -> dict[str, str]:
-        return figs.model_colors(self.data.models)
+        return model_colors(self.data.models)
 
     @cached_property
     def agreement(self) -> StudyAgreement:
@@ -238,9 +237,7 @@ def _accuracy_pivot(ctx: ReportContext) -> Markup:
         for f in fractions:
             r = by_fraction.get(f)
             row.append(
-                "—"
-                if r is None
-                else f"{_pm(r.final_val_top1_mean, r.final_val_top1_std)} (n={r.n})"
+                "—" if r is None else f"{pm(r.final_val_top1_mean, r.final_val_top1_std)} (n={r.n})"
             )
         rows.append(row)
     return table(headers, rows, classes=["name", *["num"] * len(fractions)])
@@ -297,7 +294,7 @@ def render_efficiency(ctx: ReportContext) -> str:
             rows.append(
                 [
                     _model_cell(ctx, model, blocks),
-                    _int(r.num_train_images),
+                    count(r.num_train_images),
                     r.n,
                     _params(r.params_total),
                     _params(r.params_trainable),
@@ -337,7 +334,7 @@ def _confusion_panels(ctx: ReportContext) -> list[figs.ConfusionPanel]:
         if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.size == 0:
             continue
         classes = [str(c) for c in metrics.get("classes") or range(counts.shape[0])]
-        title = f"{model}: {_int(row['num_train_images'])} images, seed {row['seed']}"
+        title = f"{model}: {count(row['num_train_images'])} images, seed {row['seed']}"
         panels.append(figs.ConfusionPanel(model, title, classes, counts))
     return panels
 
@@ -383,10 +380,10 @@ def render_final_metrics(ctx: ReportContext) -> str:
         rows.append(
             [
                 _model_cell(ctx, r.model, r.trainable_blocks),
-                _int(r.num_train_images),
+                count(r.num_train_images),
                 r.n,
                 *(
-                    _pm(getattr(r, f"{m}_mean"), getattr(r, f"{m}_std"))
+                    pm(getattr(r, f"{m}_mean"), getattr(r, f"{m}_std"))
                     for m in ("accuracy", "precision", "recall", "f1", "top5")
                 ),
             ]
@@ -431,11 +428,11 @@ def render_cells(ctx: ReportContext) -> str:
             [
                 tag("code", r.run_dir or r.cell),
                 _model_cell(ctx, r.model, r.trainable_blocks),
-                _int(r.num_train_images),
+                count(r.num_train_images),
                 r.seed,
                 badge,
-                _int(r.epochs_completed),
-                _pct(r.final_val_top1),
+                count(r.epochs_completed),
+                pct(r.final_val_top1, 2),
                 _secs(r.train_seconds),
                 error,
             ]
@@ -517,35 +514,15 @@ def _model_cell(ctx: ReportContext, model: str, blocks: object) -> Markup:
     return join([_swatch(ctx, model), esc(text)])
 
 
-def _missing(x: object) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x)) or bool(pd.isna(x))
-
-
-def _pm(mean: float, std: float) -> str:
-    if _missing(mean):
-        return "—"
-    if _missing(std):
-        return f"{100 * mean:.2f} %"
-    return f"{100 * mean:.2f} ± {100 * std:.2f} %"
-
-
-def _pct(x: float) -> str:
-    return "—" if _missing(x) else f"{100 * x:.2f} %"
-
-
-def _int(x: object) -> str:
-    return "—" if _missing(x) else f"{int(x):,}"
-
-
 def _params(p: float) -> str:
-    if _missing(p):
+    if is_missing(p):
         return "—"
     return f"{p / 1e6:.2f} M" if p < 100e6 else f"{p / 1e6:.0f} M"
 
 
 def _secs(s: float) -> str:
-    return "—" if _missing(s) else format_seconds(s)
+    return "—" if is_missing(s) else format_seconds(s)
 
 
 def _mb(mb: float) -> str:
-    return "—" if _missing(mb) else f"{mb:,.0f} MB"
+    return "—" if is_missing(mb) else f"{mb:,.0f} MB"

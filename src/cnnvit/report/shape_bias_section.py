@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from cnnvit.report.html import Markup, folder_figure, join, note, table, tag
+from cnnvit.markup import Markup, folder_figure, join, note, table, tag
 
 RESULT = "shape_bias.json"
 

@@ -14,7 +14,7 @@ Rules (stated in the report too, so a reader can check them):
   point the other way.
 
 With more than two models every size also gets a ranking, and the head-to-head compares the
-best CNN with the best ViT (or hybrid), families taken from the model registry by model name.
+best CNN with the best ViT (or hybrid), families as the runs recorded them (results.json).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import pandas as pd
+
+from cnnvit.formatting import pct
 
 METRIC = "final_val_top1"
 METHOD_NOTE = (
@@ -151,19 +153,6 @@ def _crossing(points: list[tuple[float, float]], i: int, j: int, a: str, b: str)
     return Crossing(x, x0, x1, below, above)
 
 
-def model_families(names: Mapping[str, str]) -> dict[str, str]:
-    """Label -> family (cnn, vit, hybrid) from the registry, by model NAME; 'unknown' if not."""
-    from cnnvit.models import model_family  # imports torch and timm: only when needed
-
-    out = {}
-    for label, name in names.items():
-        try:
-            out[label] = model_family(name)
-        except Exception:  # an unregistered or unbuildable name must not stop a report
-            out[label] = "unknown"
-    return out
-
-
 # --- one trainable_blocks group ------------------------------------------------------------
 
 
@@ -197,7 +186,7 @@ def _single_model(group: pd.DataFrame, present: list[str]) -> list[str]:
         return []
     model = present[0]
     points = [_point(r) for _, r in group[group["model"] == model].iterrows()]
-    sizes = ", ".join(f"{_pct(p.mean)} at {_images(p.images)}" for p in _by_size(points))
+    sizes = ", ".join(f"{pct(p.mean)} at {_images(p.images)}" for p in _by_size(points))
     return [f"Only {model} has completed runs ({sizes}); there is nothing to compare it with."]
 
 
@@ -206,7 +195,7 @@ def _rankings(group: pd.DataFrame, present: list[str]) -> list[str]:
     for fraction, rows in group.groupby("fraction", sort=True):
         rows = rows.sort_values(f"{METRIC}_mean", ascending=False)
         ranked = ", ".join(
-            f"{r.model} {_pct(getattr(r, f'{METRIC}_mean'))}" for r in rows.itertuples()
+            f"{r.model} {pct(getattr(r, f'{METRIC}_mean'))}" for r in rows.itertuples()
         )
         images = _images(_size_of(rows, fraction))
         lines.append(f"Ranking at {images}: {ranked}.")
@@ -224,7 +213,7 @@ def _size_comparisons(group: pd.DataFrame, a: str, b: str) -> list[str]:
             assert point is not None
             lines.append(
                 f"At {_images(point.images)} only {only} has completed runs "
-                f"({_pct(point.mean)}); no comparison there."
+                f"({pct(point.mean)}); no comparison there."
             )
             continue
         lines.append(_compare(pa, pb, a, b))
@@ -235,11 +224,11 @@ def _compare(pa: Point, pb: Point, a: str, b: str) -> str:
     size = _images((pa.images + pb.images) / 2)
     diff = pa.mean - pb.mean
     if diff == 0:
-        return f"At {size}, {a} and {b} are level at {_pct(pa.mean)}."
+        return f"At {size}, {a} and {b} are level at {pct(pa.mean)}."
     (win, pw), (lose, pl) = ((a, pa), (b, pb)) if diff > 0 else ((b, pb), (a, pa))
     head = (
-        f"At {size}, {win} is more accurate than {lose}: {_pct(pw.mean)} against "
-        f"{_pct(pl.mean)} (+{_points(abs(diff))}, {_seeds(pw.n, pl.n)})"
+        f"At {size}, {win} is more accurate than {lose}: {pct(pw.mean)} against "
+        f"{pct(pl.mean)} (+{_points(abs(diff))}, {_seeds(pw.n, pl.n)})"
     )
     if min(pw.n, pl.n) < 2:
         return (
@@ -398,10 +387,6 @@ def _images(n: float) -> str:
 
 def _count(n: float) -> str:
     return f"{round(n):,}"
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f} %"
 
 
 def _points(d: float) -> str:

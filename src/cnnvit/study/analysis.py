@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cnnvit.folders import StudyFolder
 from cnnvit.study.config import ANALYSES, Cell, StudyConfig
 from cnnvit.ui import console
 
@@ -44,7 +45,7 @@ def analysis_cells(study: StudyConfig, grid: list[Cell]) -> list[Cell]:
 
 
 def run_analyses(
-    study: StudyConfig, grid: list[Cell], out_dir: Path, *, progress: bool = True
+    study: StudyConfig, grid: list[Cell], out_dir: StudyFolder, *, progress: bool = True
 ) -> dict[str, str]:
     """Run every analysis the study enables; returns ``{name: done | unchanged | failed | ...}``."""
     if not study.analysis:
@@ -56,7 +57,7 @@ def run_analyses(
     inputs = _Inputs(cells, progress)
     outcomes = {}
     for name in (a for a in ANALYSES if a in study.analysis):
-        folder = Path(out_dir) / ANALYSIS_DIR / name
+        folder = out_dir.analysis(name).path
         settings = {
             "cells": [c.id for c in cells],
             "options": _options(study, name),

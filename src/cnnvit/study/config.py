@@ -39,11 +39,13 @@ from cnnvit.config import (
     StrictModel,
     TrainConfig,
     apply_overrides,
+    get_preset,
     load_yaml,
     load_yaml_documents,
     validate_config,
 )
-from cnnvit.presets import deep_merge, family_of, get_preset
+from cnnvit.models import family_of_name
+from cnnvit.presets import deep_merge
 
 
 class Recipe(StrictModel):
@@ -228,7 +230,7 @@ def _expand_preset(study: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(model, dict) or "name" not in model:
             models.append(model)
             continue
-        part = preset.by_family.get(family_of(model["name"]) or "", {})
+        part = preset.by_family.get(family_of_name(model["name"]) or "", {})
         model = dict(model)
         for section in ("optim", "train"):
             own = dict(model.get(section) or {})
@@ -304,23 +306,15 @@ def cell_config(
         "optim": study.recipe.optim.model_dump(mode="json"),
         "train": study.recipe.train.model_dump(mode="json"),
     }
-    overrides = [f"optim.{k}={_yaml(v)}" for k, v in model.optim.items()]
-    overrides += [f"train.{k}={_yaml(v)}" for k, v in model.train.items()]
-    overrides += [
-        f"data.train_fraction={fraction}",
-        f"data.split_seed={seed}",
-        f"train.seed={seed}",
-    ]
+    own = {"optim": model.optim, "train": model.train}
+    point = {
+        "data": {"train_fraction": fraction, "split_seed": seed},
+        "train": {"seed": seed},
+    }
     try:
-        return validate_config(RunConfig, apply_overrides(base, overrides))
+        return validate_config(RunConfig, deep_merge(deep_merge(base, own), point))
     except ConfigError as err:
         raise ConfigError(f"model {model.display}: {err}") from None
-
-
-def _yaml(value: Any) -> str:
-    import yaml
-
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 def default_study_path(cuda: bool) -> Path:

@@ -1,20 +1,15 @@
 """Atomic checkpoints: weights as safetensors, training state beside them, a pointer to the latest.
 
-Layout under a run folder::
-
-    checkpoints/epoch-0003/model.safetensors   weights (safe to load anywhere)
-    checkpoints/epoch-0003/ema.safetensors     EMA of the weights, when the run keeps one
-    checkpoints/epoch-0003/state.pt            optimiser, scheduler, RNG states (tensors and
-                                               plain containers only: loads with weights_only)
-    checkpoints/latest.json                    {"epoch": 3, "path": "epoch-0003"}
-
-A checkpoint folder is written under a temporary name and renamed into place, then the pointer
-is replaced atomically; a crash at any moment leaves the previous pointer and its folder intact.
+The layout is the run folder's (:class:`cnnvit.folders.RunFolder`: ``checkpoints/latest.json``
+-> ``epoch-NNNN/`` with ``model.safetensors``, ``ema.safetensors`` when the run keeps an EMA, and
+``state.pt``: optimiser, scheduler and RNG states, tensors and plain containers only, so it loads
+with ``weights_only``). A checkpoint folder is written under a temporary name and renamed into
+place, then the pointer is replaced atomically; a crash at any moment leaves the previous pointer
+and its folder intact.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -25,11 +20,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-CHECKPOINT_DIR = "checkpoints"
-WEIGHTS = "model.safetensors"
-EMA_WEIGHTS = "ema.safetensors"
-STATE = "state.pt"
-LATEST = "latest.json"
+from cnnvit.folders import CheckpointFiles, RunFolder
 
 
 @dataclass
@@ -38,15 +29,6 @@ class Checkpoint:
     weights: dict[str, torch.Tensor]
     state: dict[str, Any]
     ema_weights: dict[str, torch.Tensor] | None = None
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -63,41 +45,44 @@ def save_checkpoint(
     ema_model: torch.nn.Module | None = None,
 ) -> Path:
     """Write epoch ``epoch`` atomically and drop older checkpoints; ``ema_model``: the EMA copy."""
-    root = Path(run_dir) / CHECKPOINT_DIR
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"epoch-{epoch:04d}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
-    save_file(model_state(model), tmp / WEIGHTS, metadata={"epoch": str(epoch)})
+    folder = RunFolder(run_dir)
+    final = folder.checkpoint(epoch)
+    folder.checkpoints.mkdir(parents=True, exist_ok=True)
+    tmp = CheckpointFiles(Path(tempfile.mkdtemp(dir=folder.checkpoints, prefix=".tmp-")), epoch)
+    save_file(model_state(model), tmp.weights, metadata={"epoch": str(epoch)})
     if ema_model is not None:
-        save_file(model_state(ema_model), tmp / EMA_WEIGHTS, metadata={"epoch": str(epoch)})
-    torch.save(state, tmp / STATE)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _atomic_write_text(root / LATEST, json.dumps({"epoch": epoch, "path": final.name}))
-    for old in root.iterdir():
-        if old.is_dir() and old != final:
+        save_file(model_state(ema_model), tmp.ema_weights, metadata={"epoch": str(epoch)})
+    torch.save(state, tmp.state)
+    if final.path.exists():
+        shutil.rmtree(final.path)
+    os.replace(tmp.path, final.path)
+    folder.point_to(final)
+    for old in folder.checkpoints.iterdir():
+        if old.is_dir() and old != final.path:
             shutil.rmtree(old, ignore_errors=True)
-    return final
+    return final.path
 
 
 def latest_checkpoint_dir(run_dir: Path) -> Path | None:
-    pointer = Path(run_dir) / CHECKPOINT_DIR / LATEST
-    if not pointer.is_file():
-        return None
-    folder = pointer.parent / json.loads(pointer.read_text())["path"]
-    return folder if (folder / WEIGHTS).is_file() else None
+    latest = RunFolder(run_dir).latest_checkpoint()
+    return None if latest is None else latest.path
 
 
 def load_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu") -> Checkpoint | None:
     """The latest complete checkpoint of a run, or None if it has none."""
-    folder = latest_checkpoint_dir(run_dir)
-    if folder is None:
+    latest = RunFolder(run_dir).latest_checkpoint()
+    if latest is None:
         return None
-    weights = load_file(folder / WEIGHTS, device=str(map_location))
+    weights = load_file(latest.weights, device=str(map_location))
     # weights_only: the state holds tensors, numbers and dicts; nothing else may be unpickled.
-    state = torch.load(folder / STATE, map_location=map_location, weights_only=True)
+    state = torch.load(latest.state, map_location=map_location, weights_only=True)
     ema = None
-    if (folder / EMA_WEIGHTS).is_file():
-        ema = load_file(folder / EMA_WEIGHTS, device=str(map_location))
+    if latest.ema_weights.is_file():
+        ema = load_file(latest.ema_weights, device=str(map_location))
     return Checkpoint(epoch=int(state["epoch"]), weights=weights, state=state, ema_weights=ema)
+
+
+def evaluated_weights(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
+    """The weights a run is evaluated on: its EMA where it kept one (as its training run's
+    validation and final evaluation were)."""
+    return checkpoint.ema_weights if checkpoint.ema_weights is not None else checkpoint.weights

@@ -16,7 +16,7 @@ from timm.utils import ModelEmaV3
 from cnnvit.data.augment import BatchTransform
 from cnnvit.data.loaders import Loader
 from cnnvit.data.mix import BatchMix
-from cnnvit.train.runtime import Runtime
+from cnnvit.runtime import Runtime
 
 # How often the loop reads the running loss back from the device: every read is a sync, and a
 # sync per step costs GPU throughput; divergence is still caught within this many steps.

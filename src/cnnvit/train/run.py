@@ -1,24 +1,13 @@
 """``cnnvit train``: one model, one dataset, one run folder.
 
-The run folder is the interface to every later stage::
-
-    config.yaml         the resolved RunConfig (re-loadable)
-    environment.json    versions, device, dtype, git revision, seed
-    epochs.csv          one row per finished epoch
-    checkpoints/        the last complete epoch (see cnnvit.train.checkpoint)
-    results.json        status (running/completed/diverged/failed) and summary figures;
-                        ``evaluated_weights`` says whether validation (every epoch's val_loss
-                        and val_acc, and the final evaluation) used the live weights ("model")
-                        or their EMA ("ema", with ``train.ema_decay``)
-    skipped.csv         image files that could not be decoded, with the reason
-    metrics.json        final evaluation (see cnnvit.evaluate)
-    predictions.parquet one row per validation image
+The run folder (:class:`cnnvit.folders.RunFolder`) is the interface to every later stage: the
+resolved config, the environment, the epoch log, the checkpoints, results.json (status and
+summary figures, the model's family, and ``evaluated_weights``: whether validation and the final
+evaluation used the live weights or their EMA), the skipped files and the final evaluation.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,17 +16,17 @@ from typing import Any
 import torch
 from timm.utils import ModelEmaV3
 
-from cnnvit.assemble import assemble
-from cnnvit.config import RunConfig, dump_yaml, load_run_config
+from cnnvit.config import RunConfig, read_run_config
 from cnnvit.data.mix import BatchMix
 from cnnvit.data.pipeline import PreparedData
-from cnnvit.evaluate.run import write_evaluation
-from cnnvit.models.surgery import count_parameters
-from cnnvit.profile.memory import PeakMemory
+from cnnvit.folders import RunFolder, RunFolderError
+from cnnvit.metrics import write_evaluation
+from cnnvit.models import count_parameters, model_family
+from cnnvit.runtime import PeakMemory, Runtime, capture_environment
+from cnnvit.train.assemble import assemble
 from cnnvit.train.checkpoint import load_checkpoint, save_checkpoint
 from cnnvit.train.loop import DivergedError, make_loss, predict_logits, train_one_epoch
 from cnnvit.train.optim import build_optimizer, build_scheduler, current_lr
-from cnnvit.train.runtime import Runtime, capture_environment
 from cnnvit.ui import console, progress_bar
 
 EPOCH_COLUMNS = [
@@ -53,16 +42,12 @@ EPOCH_COLUMNS = [
 ]
 
 
-class RunFolderError(ValueError):
-    """The output folder holds another run, or a run to resume is not there."""
-
-
 @dataclass
 class Session:
     """The live objects of one run."""
 
     cfg: RunConfig
-    run_dir: Path
+    folder: RunFolder
     runtime: Runtime
     data: PreparedData
     model: torch.nn.Module
@@ -83,22 +68,20 @@ def train(cfg: RunConfig) -> dict:
     if cfg.output.dir is None:
         cfg = cfg.model_copy(deep=True)
         cfg.output.dir = default_run_dir(cfg)
-    run_dir = Path(cfg.output.dir)
-    if (run_dir / "epochs.csv").exists() or (run_dir / "checkpoints").exists():
+    folder = RunFolder(cfg.output.dir)
+    if folder.holds_run():
         raise RunFolderError(
-            f"{run_dir} already holds a run; continue it with `cnnvit train --resume {run_dir}` "
-            "or choose another --out"
+            f"{folder.path} already holds a run; continue it with `cnnvit train --resume "
+            f"{folder.path}` or choose another --out"
         )
-    return _run(cfg, run_dir, resume=False)
+    return _run(cfg, folder, resume=False)
 
 
 def resume(run_dir: Path) -> dict:
     """Continue an interrupted run from its last complete epoch, with its saved config."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise RunFolderError(f"{run_dir} is not a run folder (no config.yaml)")
-    cfg = load_run_config(run_dir / "config.yaml")
-    return _run(cfg, run_dir, resume=True)
+    folder = RunFolder(run_dir)
+    folder.require(results=False)
+    return _run(read_run_config(folder.config), folder, resume=True)
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
@@ -110,14 +93,14 @@ def default_run_dir(cfg: RunConfig) -> Path:
 # --- the run ------------------------------------------------------------------------------------
 
 
-def _run(cfg: RunConfig, run_dir: Path, *, resume: bool) -> dict:
-    session = _open_session(cfg, run_dir, resume=resume)
+def _run(cfg: RunConfig, folder: RunFolder, *, resume: bool) -> dict:
+    session = _open_session(cfg, folder, resume=resume)
     results = _base_results(session)
     try:
         _train_epochs(session, results)
     except DivergedError as err:
         results.update(status="diverged", error=str(err))
-        console.print(f"[red]diverged:[/] {err}; the last good checkpoint is kept in {run_dir}")
+        console.print(f"[red]diverged:[/] {err}; the last good checkpoint is kept in {folder.path}")
         return _finish(session, results)
     except BaseException as err:
         results.update(status="failed", error=f"{type(err).__name__}: {err}")
@@ -133,42 +116,42 @@ def _run(cfg: RunConfig, run_dir: Path, *, resume: bool) -> dict:
     return _finish(session, results)
 
 
-def _open_session(cfg: RunConfig, run_dir: Path, *, resume: bool) -> Session:
+def _open_session(cfg: RunConfig, folder: RunFolder, *, resume: bool) -> Session:
     parts = assemble(cfg)
     runtime, data, model, generator = parts.runtime, parts.data, parts.model, parts.generator
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(
         optimizer, cfg.optim, steps_per_epoch=len(data.train), epochs=cfg.train.epochs
     )
-    session = Session(cfg, run_dir, runtime, data, model, optimizer, scheduler, generator)
+    session = Session(cfg, folder, runtime, data, model, optimizer, scheduler, generator)
     if cfg.train.ema_decay is not None:
         # Built from the uncompiled model (compile wraps it below); same device and dtype.
         session.ema = ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=cfg.train.ema_warmup)
     # Only now, with data and model known to be good, does the run folder appear.
-    run_dir.mkdir(parents=True, exist_ok=True)
-    console.print(f"run folder: {run_dir}")
+    folder.path.mkdir(parents=True, exist_ok=True)
+    console.print(f"run folder: {folder.path}")
     if resume:
         _restore(session)
     else:
-        dump_yaml(cfg, run_dir / "config.yaml")
-        env = capture_environment(runtime, cfg.train.seed).to_dict()
-        (run_dir / "environment.json").write_text(json.dumps(env, indent=2))
+        folder.write_config_data(cfg.model_dump(mode="json"))
+        folder.write_environment(capture_environment(runtime, cfg.train.seed).to_dict())
     if cfg.train.compile:
         session.model = torch.compile(model)
     return session
 
 
 def _restore(session: Session) -> None:
-    ckpt = load_checkpoint(session.run_dir)
-    rows = _read_epochs(session.run_dir)
+    folder = session.folder
+    ckpt = load_checkpoint(folder.path)
+    rows = folder.read_epochs()
     if ckpt is None:
-        console.print(f"no checkpoint in {session.run_dir}: starting from epoch 1")
-        _write_epochs(session.run_dir, [])
+        console.print(f"no checkpoint in {folder.path}: starting from epoch 1")
+        folder.write_epochs(EPOCH_COLUMNS, [])
         return
     session.model.load_state_dict(ckpt.weights)
     if session.ema is not None:
         if ckpt.ema_weights is None:
-            raise RunFolderError(f"{session.run_dir}: the config keeps an EMA, the checkpoint not")
+            raise RunFolderError(f"{folder.path}: the config keeps an EMA, the checkpoint not")
         session.ema.module.load_state_dict(ckpt.ema_weights)
     session.optimizer.load_state_dict(ckpt.state["optimizer"])
     session.scheduler.load_state_dict(ckpt.state["scheduler"])
@@ -178,9 +161,9 @@ def _restore(session: Session) -> None:
         torch.cuda.set_rng_state_all(ckpt.state["cuda_rng"])
     # Rows written after the checkpoint (a crash between the two) are dropped and re-run.
     session.history = [r for r in rows if int(r["epoch"]) <= ckpt.epoch]
-    _write_epochs(session.run_dir, session.history)
+    folder.write_epochs(EPOCH_COLUMNS, session.history)
     session.start_epoch = ckpt.epoch + 1
-    console.print(f"resuming {session.run_dir} after epoch {ckpt.epoch}")
+    console.print(f"resuming {folder.path} after epoch {ckpt.epoch}")
 
 
 def _train_epochs(s: Session, results: dict) -> None:
@@ -191,7 +174,7 @@ def _train_epochs(s: Session, results: dict) -> None:
     )
     peak = PeakMemory(s.runtime.device)
     steps = len(s.data.train)
-    _write_results(s.run_dir, results)
+    s.folder.write_results(results)
     for epoch in range(s.start_epoch, cfg.train.epochs + 1):
         peak.reset()
         with progress_bar(cfg.train.progress) as progress:
@@ -225,13 +208,13 @@ def _train_epochs(s: Session, results: dict) -> None:
         }
         s.history.append(row)
         s.last_val = (logits, labels)
-        _write_epochs(s.run_dir, s.history)
+        s.folder.write_epochs(EPOCH_COLUMNS, s.history)
         if cfg.output.checkpoint:
             ema_model = s.ema.module if s.ema is not None else None
-            save_checkpoint(s.run_dir, epoch, s.model, _training_state(s, epoch), ema_model)
+            save_checkpoint(s.folder.path, epoch, s.model, _training_state(s, epoch), ema_model)
         _print_epoch(row, cfg.train.epochs)
         results.update(_summary(s))
-        _write_results(s.run_dir, results)
+        s.folder.write_results(results)
 
 
 def _training_state(s: Session, epoch: int) -> dict:
@@ -254,7 +237,8 @@ def _final_evaluation(s: Session) -> dict:
     else:
         with progress_bar(s.cfg.train.progress) as progress:
             logits, labels = _validate(s, progress)
-    return write_evaluation(s.run_dir, logits, labels, s.data.classes)
+    probs = torch.softmax(logits.float(), dim=1).numpy()  # (N, C)
+    return write_evaluation(s.folder.path, probs, labels.numpy(), s.data.classes)
 
 
 def _validate(s: Session, progress) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,6 +261,7 @@ def _base_results(s: Session) -> dict:
     return {
         "status": "running",
         "model": s.cfg.model.name,
+        "family": model_family(s.model),
         "data": s.cfg.data.spec,
         "train_fraction": s.cfg.data.train_fraction,
         "trainable_blocks": s.cfg.model.freeze.trainable_blocks,
@@ -297,7 +282,7 @@ def _base_results(s: Session) -> dict:
 def _summary(s: Session) -> dict:
     h = s.history
     skipped = s.data.all_skipped()
-    _write_skipped(s.run_dir, skipped)
+    s.folder.write_skipped([(f.path, f.reason) for f in skipped])
     if not h:
         return {"epochs_completed": 0, "skipped_files": len(skipped)}
     best = max(h, key=lambda r: float(r["val_acc"]))
@@ -316,40 +301,8 @@ def _summary(s: Session) -> dict:
 
 def _finish(s: Session, results: dict) -> dict:
     results.update(finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    _write_results(s.run_dir, results)
+    s.folder.write_results(results)
     return results
-
-
-def _write_results(run_dir: Path, results: dict) -> None:
-    tmp = run_dir / ".results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(run_dir / "results.json")
-
-
-def _write_epochs(run_dir: Path, rows: list[dict]) -> None:
-    tmp = run_dir / ".epochs.csv.tmp"
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=EPOCH_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(run_dir / "epochs.csv")
-
-
-def _read_epochs(run_dir: Path) -> list[dict]:
-    path = run_dir / "epochs.csv"
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _write_skipped(run_dir: Path, skipped: list) -> None:
-    if not skipped:
-        return
-    with (run_dir / "skipped.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "reason"])
-        writer.writerows((s.path, s.reason) for s in skipped)
 
 
 def _print_epoch(row: dict, epochs: int) -> None:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from cnnvit.evaluate.metrics import classification_metrics, predictions_frame
+from cnnvit.metrics import classification_metrics, predictions_frame
 
 
 def _probs(n: int = 300, c: int = 7, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

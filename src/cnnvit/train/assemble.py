@@ -9,7 +9,7 @@ import torch
 from cnnvit.config import RunConfig
 from cnnvit.data.pipeline import PreparedData, prepare_data
 from cnnvit.models.build import build_model
-from cnnvit.train.runtime import Runtime, resolve_runtime
+from cnnvit.runtime import Runtime, resolve_runtime
 
 
 @dataclass

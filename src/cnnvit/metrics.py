@@ -1,6 +1,10 @@
-"""Predictions -> metrics. The arithmetic is scikit-learn's; this module only arranges it."""
+"""Predictions -> metrics (metrics.json) and the per-image table (predictions.parquet). The
+arithmetic is scikit-learn's; this module only arranges it. Torch-free: probabilities come in as
+numpy arrays."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,6 +14,8 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
     top_k_accuracy_score,
 )
+
+from cnnvit.folders import RunFolder, json_ready
 
 TOP_K = 5
 
@@ -62,19 +68,24 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[
     ]
     out["confusion_matrix"] = cm.tolist()
     out["classes"] = list(classes)
-    return _plain(out)
+    return json_ready(out)
 
 
 def _num(x: float) -> float | None:
     return None if np.isnan(x) else float(x)
 
 
-def _plain(obj):
-    """numpy scalars -> Python numbers, so json.dump writes them."""
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
+def write_evaluation(
+    out_dir: Path,
+    probs: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    indices: np.ndarray | None = None,
+) -> dict:
+    """Softmax probabilities (N, C) and labels (N,) -> ``out_dir``'s metrics.json and
+    predictions.parquet (``indices``: each row's position in the evaluated split, when files were
+    skipped); returns the metrics."""
+    probs = np.asarray(probs, dtype=np.float32)
+    metrics = classification_metrics(labels, probs, classes)
+    RunFolder(out_dir).write_evaluation(metrics, predictions_frame(labels, probs, indices))
+    return metrics
