@@ -40,9 +40,9 @@ from cnnvit.data.loaders import InMemoryLoader
 from cnnvit.data.pipeline import load_splits, normalization
 from cnnvit.data.types import ArraySource
 from cnnvit.models import create_model
+from cnnvit.runtime import Runtime, device_name, resolve_runtime
 from cnnvit.train.loop import make_loss, train_one_epoch
 from cnnvit.train.optim import build_optimizer, build_scheduler
-from cnnvit.runtime import Runtime, device_name, resolve_runtime
 
 
 class PILDataset(Dataset):
