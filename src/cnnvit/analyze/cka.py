@@ -19,33 +19,30 @@ layer pairs are accumulated at once from the stacked Grams (no forward pass per 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
-from matplotlib.figure import Figure
 
-from cnnvit.analyze.files import file_stems
 from cnnvit.analyze.hooks import LayerRecorder, preserved
 from cnnvit.analyze.images import ImageSet
 from cnnvit.analyze.layers import resolve_layers
 from cnnvit.analyze.subject import Subject
+from cnnvit.ui import progress_bar
 
 __all__ = [
     "MIN_BATCH",
+    "AllPairs",
     "CKAResult",
+    "all_pairs_cka",
     "gram_linear",
     "hsic1_all_pairs",
     "linear_cka",
     "minibatch_cka",
-    "run_cka",
 ]
 
 # HSIC_1 divides by n (n - 3) and (n - 1)(n - 2): it is defined for n > 3 only.
@@ -212,8 +209,6 @@ def _accumulate(
     progress: bool,
 ) -> _Pass:
     """One forward pass per batch per model; every requested pair accumulated from it."""
-    from cnnvit.ui import progress_bar
-
     _check_batch_size(batch_size)
     sums, used, dropped = _PairSums(pairs), 0, 0
     device = _hsic_device(subjects[0])
@@ -304,164 +299,41 @@ def minibatch_cka(
     )
 
 
-# --- the analysis: files -------------------------------------------------------------------
+# --- every pair of models ----------------------------------------------------------------------
 
 
-def run_cka(
+@dataclass
+class AllPairs:
+    """CKA of every pair of models (i < j) and of each model with itself."""
+
+    layers: list[list[str]]  # per model, its layers in order
+    matrices: dict[tuple[int, int], np.ndarray]  # (i, j) -> (L_i, L_j); NaN where undefined
+    num_images: int
+    dropped: int
+    seconds: float
+
+
+def all_pairs_cka(
     subjects: Sequence[Subject],
     images: ImageSet,
-    out_dir: Path,
     *,
     layers: Layers = "blocks",
     batch_size: int = 64,
     progress: bool = True,
-) -> dict:
-    """CKA of every pair of models (i < j) and each model with itself, from one forward pass per
-    batch per model. Writes ``cka.json``, and per matrix ``cka_<a>__<b>.csv`` and ``.png``
-    (A's layers on the y axis, input at the bottom; B's on the x axis). ``layers``: "blocks",
-    "all", "stages", or module names (the same names in every model). Returns the JSON dict."""
-    if not subjects:
-        raise ValueError("run_cka needs at least one subject (two or more to compare models)")
-    labels = [s.label for s in subjects]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"subject labels must be unique, got {labels}; pass label=... to each")
+) -> AllPairs:
+    """CKA of every pair of models (i < j) and each model with itself, from one forward pass
+    per batch per model. ``layers``: "blocks", "all", "stages", or module names (the same
+    names in every model)."""
     _check_batch_size(batch_size)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     lists = [resolve_layers(s.model, layers) for s in subjects]
     count = len(subjects)
-    cross = [(i, j) for i in range(count) for j in range(i + 1, count)]
-    pairs = cross + [(i, i) for i in range(count)]
+    pairs = [(i, j) for i in range(count) for j in range(i + 1, count)]
+    pairs += [(i, i) for i in range(count)]
     run = _accumulate(subjects, lists, images, pairs, batch_size, progress)
-    stems = file_stems(labels)
-    entries = []
-    for i, j in pairs:
-        stem = f"cka_{stems[i]}__{stems[j]}"
-        matrix = run.sums.cka(i, j)  # (L_i, L_j)
-        frame = pd.DataFrame(matrix, index=lists[i], columns=lists[j])
-        frame.to_csv(out_dir / f"{stem}.csv", index_label="layer")
-        _save_heatmap(matrix, lists[i], lists[j], labels[i], labels[j], out_dir / f"{stem}.png")
-        entries.append(_pair_entry(matrix, lists[i], lists[j], labels[i], labels[j], stem))
-    result = {
-        "analysis": "cka",
-        "estimator": "minibatch linear CKA, unbiased HSIC_1 (Nguyen et al. 2021)",
-        "settings": {
-            "layers": layers if isinstance(layers, str) else list(layers),
-            "batch_size": batch_size,
-            "num_images": run.num_images,
-            "dropped_images": run.dropped,
-            "images": images.name,
-            "devices": {s.label: str(s.device) for s in subjects},
-            "seconds": round(run.seconds, 3),
-        },
-        "models": [
-            {"label": s.label, "family": s.family, "layers": names}
-            for s, names in zip(subjects, lists, strict=True)
-        ],
-        "pairs": entries,
-    }
-    (out_dir / "cka.json").write_text(json.dumps(result, indent=2))
-    return result
-
-
-def _number(value: float) -> float | None:
-    """JSON has no NaN: a constant layer's undefined CKA becomes null."""
-    return round(float(value), 6) if np.isfinite(value) else None
-
-
-def _best_matches(matrix: np.ndarray, rows: list[str], cols: list[str]) -> list[dict]:
-    """For each row layer, the column layer with the highest CKA (None when all are NaN)."""
-    out = []
-    for r, name in enumerate(rows):
-        values = matrix[r]
-        if not np.isfinite(values).any():
-            out.append({"layer": name, "match": None, "cka": None})
-            continue
-        c = int(np.nanargmax(values))
-        out.append({"layer": name, "match": cols[c], "cka": _number(values[c])})
-    return out
-
-
-def _pair_entry(
-    matrix: np.ndarray, rows: list[str], cols: list[str], a: str, b: str, stem: str
-) -> dict:
-    self_pair = a == b
-    entry: dict = {
-        "a": a,
-        "b": b,
-        "self": self_pair,
-        "layers_a": rows,
-        "layers_b": cols,
-        "matrix": [[_number(v) for v in row] for row in matrix],
-        "csv": f"{stem}.csv",
-        "png": f"{stem}.png",
-        "mean": _number(np.nanmean(matrix)) if np.isfinite(matrix).any() else None,
-        "last_layers": _number(matrix[-1, -1]),
-    }
-    if self_pair:
-        # How much each layer changes the representation of the one before it.
-        entry["adjacent"] = [_number(matrix[k, k + 1]) for k in range(len(rows) - 1)]
-    else:
-        entry["best_match_a"] = _best_matches(matrix, rows, cols)
-        entry["best_match_b"] = _best_matches(matrix.T, cols, rows)
-    return entry
-
-
-def _save_heatmap(
-    matrix: np.ndarray, rows: list[str], cols: list[str], a: str, b: str, path: Path
-) -> None:
-    from cnnvit.plotting import save_png
-
-    save_png(cka_heatmap(matrix, rows, cols, a, b), path)
-
-
-def cka_heatmap(matrix: np.ndarray, rows: list[str], cols: list[str], a: str, b: str) -> Figure:
-    """A's layers on the y axis (input at the bottom), B's on the x axis, colour 0..1; ticks
-    stay readable up to ~60 layers (smaller type, then every k-th name)."""
-    import matplotlib as mpl
-
-    from cnnvit.plotting import STYLE, plain
-
-    longest = max(len(n) for n in [*rows, *cols])
-    size = 8.0 if max(len(rows), len(cols)) <= 24 else 6.5
-    label_in = longest * size * 0.6 / 72  # tick-label length in inches
-    width = min(16.0, max(4.5, 0.15 * len(cols) + label_in + 2.2))
-    height = min(16.0, max(3.8, 0.15 * len(rows) + label_in + 1.4))
-    with mpl.rc_context({**STYLE, "axes.grid": False}):
-        fig = Figure(figsize=(width, height), layout="constrained")
-        ax = fig.add_subplot()
-        shown = np.ma.masked_invalid(matrix)
-        image = ax.imshow(
-            shown,
-            origin="lower",
-            vmin=0.0,
-            vmax=1.0,
-            cmap="magma",
-            aspect="auto",
-            interpolation="nearest",
-        )
-        _ticks(ax.set_yticks, rows, size)
-        _ticks(ax.set_xticks, cols, size, rotation=90)
-        if matrix.size <= 64:
-            _annotate(ax, matrix)
-        title = f"{plain(a)}: self-similarity" if a == b else f"{plain(a)} vs {plain(b)}"
-        ax.set_title(f"Linear CKA, {title}")
-        ax.set_ylabel(f"{plain(a)} layer (input at the bottom)")
-        ax.set_xlabel(f"{plain(b)} layer")
-        fig.colorbar(image, ax=ax, shrink=0.8, label="CKA")
-    return fig
-
-
-def _ticks(setter, names: list[str], size: float, rotation: float = 0) -> None:
-    from cnnvit.plotting import plain
-
-    step = max(1, math.ceil(len(names) / 60))  # beyond ~60 names, every k-th one
-    positions = list(range(0, len(names), step))
-    setter(positions, [plain(names[p]) for p in positions], fontsize=size, rotation=rotation)
-
-
-def _annotate(ax, matrix: np.ndarray) -> None:
-    for (r, c), value in np.ndenumerate(matrix):
-        if np.isfinite(value):
-            color = "black" if value > 0.6 else "white"
-            ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=7, color=color)
+    return AllPairs(
+        layers=lists,
+        matrices={(i, j): run.sums.cka(i, j) for i, j in pairs},
+        num_images=run.num_images,
+        dropped=run.dropped,
+        seconds=run.seconds,
+    )

@@ -1,42 +1,35 @@
-"""The report's analysis sections: one per analysis in ``DIR/analysis/<name>/``.
+"""The report's analysis sections: one per registered analysis (:mod:`cnnvit.analyze.registry`)
+the study enables or that has a folder under ``DIR/analysis/``.
 
-Each analysis module has its own renderer that reads only its folder; this module decides what
-to show around it: the cells analysed and how long it took (``run.json``), the error of a failed
-analysis (``error.txt``), or how to enable an analysis the study did not run.
+Each analysis renders its own folder; this module decides what to show around it: the cells
+analysed and how long it took (``run.json``), the error of a failed analysis (``error.txt``), or
+how to enable an analysis the study did not run.
 """
 
 from __future__ import annotations
 
-import importlib
-import json
-from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from cnnvit.analyze.registry import Analysis, all_analyses
+from cnnvit.folders import AnalysisFolder, StudyFolder
 from cnnvit.markup import Markup, join, note, tag
+from cnnvit.report.section import Section
 
 if TYPE_CHECKING:
     from cnnvit.report.sections import ReportContext
 
-ANALYSIS_DIR = "analysis"
 
-# analysis name -> (section id, title, renderer "module:function")
-ANALYSIS_SECTIONS: dict[str, tuple[str, str, str]] = {
-    "gradcam": ("gradcam", "Grad-CAM by depth", "gradcam_section:render_gradcam"),
-    "attention": (
-        "attention",
-        "Attention maps and attention distance",
-        "attention_section:render_attention",
-    ),
-    "featuremaps": ("featuremaps", "CNN feature maps", "featuremaps_section:render_featuremaps"),
-    "cka": ("cka", "Representation similarity (CKA)", "cka_section:render_cka"),
-    "knn": ("knn", "Embedding quality (kNN retrieval)", "knn_section:render_knn"),
-    "shape_bias": ("shape-bias", "Shape versus texture", "shape_bias_section:render_shape_bias"),
-    "robustness": (
-        "robustness",
-        "Corruption robustness",
-        "robustness_section:render_robustness",
-    ),
-}
+def analysis_sections() -> list[Section]:
+    """A section per registered analysis (shown when it ran or is enabled), then the list of
+    those the study did not run."""
+    sections = [
+        Section(a.anchor, a.title, _renderer(a), shown=_shown(a.name)) for a in all_analyses()
+    ]
+    return [
+        *sections,
+        Section("analyses-not-run", "Analyses not run", render_not_run, shown=any_not_run),
+    ]
 
 
 def enabled_analyses(ctx: ReportContext) -> list[str]:
@@ -44,21 +37,19 @@ def enabled_analyses(ctx: ReportContext) -> list[str]:
     return [str(a) for a in listed] if isinstance(listed, list) else []
 
 
-def _folder(ctx: ReportContext, name: str) -> Path:
-    return ctx.data.info.root / ANALYSIS_DIR / name
+def _folder(ctx: ReportContext, name: str) -> AnalysisFolder:
+    return StudyFolder(ctx.data.info.root).analysis(name)
 
 
-def analysis_shown(name: str):
-    """A section for an analysis the study enables, or that has a folder (run by hand)."""
-
+def _shown(name: str) -> Callable[[ReportContext], bool]:
     def shown(ctx: ReportContext) -> bool:
-        return name in enabled_analyses(ctx) or _folder(ctx, name).is_dir()
+        return name in enabled_analyses(ctx) or _folder(ctx, name).path.is_dir()
 
     return shown
 
 
-def _not_run(ctx: ReportContext) -> list[str]:
-    return [name for name in ANALYSIS_SECTIONS if not analysis_shown(name)(ctx)]
+def _not_run(ctx: ReportContext) -> list[Analysis]:
+    return [a for a in all_analyses() if not _shown(a.name)(ctx)]
 
 
 def any_not_run(ctx: ReportContext) -> bool:
@@ -71,14 +62,14 @@ def render_not_run(ctx: ReportContext) -> Markup:
             "li",
             join(
                 [
-                    tag("code", name),
-                    f" ({ANALYSIS_SECTIONS[name][1]}): ",
-                    tag("code", f"cnnvit {_command(name)}"),
+                    tag("code", a.name),
+                    f" ({a.title}): ",
+                    tag("code", f"cnnvit {a.command.name}"),
                     " on run folders",
                 ]
             ),
         )
-        for name in _not_run(ctx)
+        for a in _not_run(ctx)
     ]
     return join(
         [
@@ -94,45 +85,28 @@ def render_not_run(ctx: ReportContext) -> Markup:
     )
 
 
-def analysis_renderer(name: str):
-    """``render(ctx) -> Markup`` for the section of analysis ``name``."""
-    _, _, target = ANALYSIS_SECTIONS[name]
-    module_name, function = target.split(":")
+def _renderer(item: Analysis) -> Callable[[ReportContext], Markup]:
+    """``render(ctx)`` for the section of ``item``: its own rendering of its folder, after what
+    was analysed; a note where it failed or has not run."""
 
     def render(ctx: ReportContext) -> Markup:
-        folder = _folder(ctx, name)
-        error = folder / "error.txt"
-        if error.is_file():
-            last = error.read_text(errors="replace").strip().splitlines()[-1:] or ["?"]
-            return note(f"This analysis failed: {last[0]} (traceback in {error}).")
-        if not folder.is_dir():
+        folder = _folder(ctx, item.name)
+        error = folder.last_error_line()
+        if error is not None:
+            return note(f"This analysis failed: {error} (traceback in {folder.error}).")
+        if not folder.path.is_dir():
             return note(
-                f"Enabled but not run yet: {folder} is missing (the analyses run after the "
+                f"Enabled but not run yet: {folder.path} is missing (the analyses run after the "
                 "cells have trained)."
             )
-        module = importlib.import_module(f"cnnvit.report.{module_name}")
-        body = getattr(module, function)(folder)
-        return join([_provenance(folder), body])
+        return join([_provenance(folder), item.render(folder)])
 
     return render
 
 
-def _command(name: str) -> str:
-    return {
-        "gradcam": "explain",
-        "attention": "explain",
-        "featuremaps": "explain",
-        "cka": "similarity",
-        "knn": "knn",
-        "shape_bias": "shape-bias",
-        "robustness": "robustness",
-    }[name]
-
-
-def _provenance(folder: Path) -> Markup:
-    try:
-        run = json.loads((folder / "run.json").read_text())
-    except (OSError, ValueError):
+def _provenance(folder: AnalysisFolder) -> Markup:
+    run = folder.read_run()
+    if run is None:
         return Markup("")
     cells = ", ".join(str(c) for c in run.get("cells") or [])
     seconds = run.get("seconds")

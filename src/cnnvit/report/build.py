@@ -17,16 +17,17 @@ from rich.table import Table
 
 from cnnvit.formatting import pm
 from cnnvit.plotting import save_png
-from cnnvit.report.analysis_summary import COLUMNS, analysis_headlines, format_headline
+from cnnvit.report.analysis_summary import analysis_headlines, format_headline, summary_columns
 from cnnvit.report.collect import collect_results, load_study_data, summarize
 from cnnvit.report.html import render_page
-from cnnvit.report.sections import SECTIONS, ReportContext, Section, render_header
+from cnnvit.report.section import Section
+from cnnvit.report.sections import ReportContext, render_header, report_sections
 from cnnvit.ui import at_least_width
 
 REPORT_NAME = "report.html"
 
 
-def write_report(study_dir: Path | str, sections: Sequence[Section] = SECTIONS) -> Path:
+def write_report(study_dir: Path | str, sections: Sequence[Section] | None = None) -> Path:
     """Build every output of the report under ``study_dir``; returns the path of report.html.
 
     Writes ``results.csv``/``results.parquet`` (one row per cell), ``summary.csv`` (aggregates
@@ -37,6 +38,7 @@ def write_report(study_dir: Path | str, sections: Sequence[Section] = SECTIONS) 
     _write_frame(data.results, root / "results.csv", parquet=True)
     _write_frame(data.summary, root / "summary.csv")
     ctx = ReportContext(data)
+    sections = report_sections() if sections is None else sections
     sections = [s for s in sections if s.is_shown(ctx)]
     for section in sections:
         _build_section_outputs(section, ctx, root)
@@ -142,7 +144,7 @@ def _analysis_table(root: Path) -> Table | None:
     )
     table.add_column("model")
     for column in frame.columns:
-        table.add_column(COLUMNS[column][0], justify="right")
+        table.add_column(summary_columns()[column].header, justify="right")
     for model, row in frame.iterrows():
         table.add_row(escape(str(model)), *(format_headline(c, row[c]) for c in frame.columns))
     return table

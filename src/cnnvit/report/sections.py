@@ -1,9 +1,9 @@
-"""The report's sections, in reading order.
+"""The report's sections, in reading order (:func:`report_sections`).
 
-A section is an id, a title, a ``render(ctx) -> html`` function and, optionally, the figures and
-tables it owns (built once by ``write_report``, saved under ``figures/`` and ``tables/``, and
-handed back through ``ctx.figures`` / ``ctx.tables``). Adding a section to the report is one
-``Section(...)`` appended to ``SECTIONS`` with its functions next to it; nothing else changes.
+A section (:class:`cnnvit.report.section.Section`) is an id, a title, a ``render(ctx) -> html``
+function and, optionally, the figures and tables it owns. Adding a study section is one
+``Section(...)`` in ``STUDY_SECTIONS`` with its functions next to it; an analysis brings its own
+section through the registry (:mod:`cnnvit.report.analysis_sections`).
 """
 
 from __future__ import annotations
@@ -27,16 +27,11 @@ from cnnvit.report.agreement import (
     render_agreement,
     study_agreement,
 )
-from cnnvit.report.analysis_sections import (
-    ANALYSIS_SECTIONS,
-    analysis_renderer,
-    analysis_shown,
-    any_not_run,
-    render_not_run,
-)
+from cnnvit.report.analysis_sections import analysis_sections
 from cnnvit.report.analysis_summary import analysis_verdict
 from cnnvit.report.collect import StudyData
 from cnnvit.report.profile_section import profile_figures, profile_tables, render_profile
+from cnnvit.report.section import Section
 from cnnvit.report.tables import (
     accuracy_table,
     cells_table,
@@ -94,21 +89,6 @@ class ReportContext:
     def agreement(self) -> StudyAgreement:
         """Every pair of models compared on the same images, per seed (agreement section)."""
         return study_agreement(self.data, self.families)
-
-
-@dataclass(frozen=True)
-class Section:
-    """One ``<section>`` of the report."""
-
-    id: str
-    title: str
-    render: Callable[[ReportContext], str]
-    figures: Callable[[ReportContext], dict[str, Figure | None]] | None = None
-    tables: Callable[[ReportContext], dict[str, pd.DataFrame]] | None = None
-    shown: Callable[[ReportContext], bool] | None = None  # None: always
-
-    def is_shown(self, ctx: ReportContext) -> bool:
-        return self.shown is None or self.shown(ctx)
 
 
 # --- header ----------------------------------------------------------------------------------
@@ -449,7 +429,7 @@ def _css_word(status: str) -> str:
 
 # --- the list ------------------------------------------------------------------------------------
 
-SECTIONS: list[Section] = [
+STUDY_SECTIONS: list[Section] = [
     Section("verdict", "Verdict", render_verdict),
     Section(
         "accuracy",
@@ -476,13 +456,14 @@ SECTIONS: list[Section] = [
         figures=agreement_figures,
         tables=agreement_tables,
     ),
-    *(
-        Section(section_id, title, analysis_renderer(name), shown=analysis_shown(name))
-        for name, (section_id, title, _) in ANALYSIS_SECTIONS.items()
-    ),
-    Section("analyses-not-run", "Analyses not run", render_not_run, shown=any_not_run),
-    Section("cells", "Cells", render_cells, tables=cell_tables),
 ]
+CELLS = Section("cells", "Cells", render_cells, tables=cell_tables)
+
+
+def report_sections() -> list[Section]:
+    """The report's sections in reading order: the study's, one per registered analysis (and
+    those not run), then every cell."""
+    return [*STUDY_SECTIONS, *analysis_sections(), CELLS]
 
 
 # --- formatting ----------------------------------------------------------------------------------

@@ -22,14 +22,16 @@ YAML shape::
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cnnvit.analyze.registry import AnalysisOptions, all_analyses, get_analysis
 from cnnvit.config import (
     ConfigError,
     DataConfig,
@@ -98,60 +100,64 @@ class StudyProfile(StrictModel):
     train: bool = Field(True, description="also time a training step")
 
 
-ANALYSES = ("gradcam", "attention", "featuremaps", "cka", "knn", "shape_bias", "robustness")
-Analysis = Literal["gradcam", "attention", "featuremaps", "cka", "knn", "shape_bias", "robustness"]
+class AnalysisSettings(StrictModel):
+    """Which trained cells the analyses look at, and each analysis's options under its name
+    (``cka: {batch_size: 64}``), typed by the analysis itself (:mod:`cnnvit.analyze.registry`;
+    ``cnnvit <verb> --help`` lists them). Every registered analysis gets its defaults."""
 
-
-class GradcamOptions(StrictModel):
-    method: Literal["gradcam", "gradcam++", "scorecam", "eigencam", "layercam"] = "gradcam"
-    layers: Literal["stages", "blocks"] = Field(
-        "stages", description="CNN: stage outputs or every residual block; ViT: every block"
-    )
-    num_images: int = Field(8, gt=0, description="rows of each model's grid")
-
-
-class CkaOptions(StrictModel):
-    layers: Literal["stages", "blocks", "all"] = Field(
-        "blocks", description="all: every conv, linear, norm and activation layer too"
-    )
-    batch_size: int = Field(64, ge=4, description="minibatch size (the estimator needs n > 3)")
-    images: int = Field(1000, gt=0, description="validation images")
-
-
-class KnnOptions(StrictModel):
-    ks: list[int] = Field(default_factory=lambda: [1, 5, 20])
-    max_index: int | None = Field(
-        50000, gt=0, description="training images in the index (stratified); null = all"
-    )
-    max_queries: int | None = Field(None, gt=0, description="validation queries; null = all")
-
-
-class ShapeBiasOptions(StrictModel):
-    num_images: int = Field(200, gt=0, description="generated cue-conflict images")
-    folder: Path | None = Field(
-        None, description="a cue-conflict folder in model-vs-human's layout, instead"
-    )
-
-
-class RobustnessOptions(StrictModel):
-    images: int = Field(500, gt=0, description="validation images")
-    corruptions: list[str] | None = Field(None, description="null = all of them")
-    severities: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
-
-
-class AnalysisOptions(StrictModel):
-    """Which trained cells the analyses look at, and each analysis's settings."""
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
 
     fraction: float | None = Field(
         None, description="training size whose cells are analysed; null = the largest"
     )
     seed: int | None = Field(None, description="seed whose cells are analysed; null = the first")
-    images: int = Field(500, gt=0, description="validation images for the attention distances")
-    gradcam: GradcamOptions = Field(default_factory=GradcamOptions)
-    cka: CkaOptions = Field(default_factory=CkaOptions)
-    knn: KnnOptions = Field(default_factory=KnnOptions)
-    shape_bias: ShapeBiasOptions = Field(default_factory=ShapeBiasOptions)
-    robustness: RobustnessOptions = Field(default_factory=RobustnessOptions)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _images_of_attention(cls, value: Any) -> Any:
+        # Studies written before the registry set the attention distances' image count at the
+        # top level (`analysis_options.images`); it is attention's own option now.
+        if isinstance(value, dict) and "images" in value:
+            value = dict(value)
+            attention = dict(value.get("attention") or {})
+            attention.setdefault("images", value.pop("images"))
+            value["attention"] = attention
+        return value
+
+    @model_validator(mode="after")
+    def _typed(self) -> AnalysisSettings:
+        extra = self.__pydantic_extra__ if self.__pydantic_extra__ is not None else {}
+        known = {a.name: a for a in all_analyses()}
+        for name in list(extra):
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f"did you mean {close[0]}? " if close else ""
+                raise ValueError(
+                    f"unknown analysis {name!r} in analysis_options; {hint}known analyses: "
+                    f"{', '.join(known)}"
+                )
+            extra[name] = _typed_options(name, known[name].options, extra[name])
+        for name, item in known.items():
+            extra.setdefault(name, item.options())
+        return self
+
+    def of(self, name: str) -> AnalysisOptions:
+        """The typed options of the analysis ``name``."""
+        extra = self.__pydantic_extra__ or {}
+        return extra[name] if name in extra else get_analysis(name).options()
+
+
+def _typed_options(name: str, model: type[AnalysisOptions], value: Any) -> AnalysisOptions:
+    if isinstance(value, model):
+        return value
+    try:
+        return model.model_validate(value if value is not None else {})
+    except ValidationError as err:  # the same errors, located under the analysis's name
+        details = [
+            {k: e[k] for k in ("type", "input", "ctx") if k in e} | {"loc": (name, *e["loc"])}
+            for e in err.errors()
+        ]
+        raise ValidationError.from_exception_data(err.title, details) from None  # type: ignore[arg-type]
 
 
 class StudyConfig(StrictModel):
@@ -163,10 +169,21 @@ class StudyConfig(StrictModel):
     recipe: Recipe = Field(default_factory=Recipe)
     grid: Grid = Field(default_factory=Grid)
     profile: StudyProfile = Field(default_factory=StudyProfile)
-    analysis: list[Analysis] = Field(
-        default_factory=list, description=f"analyses run after training: {', '.join(ANALYSES)}"
+    analysis: list[str] = Field(
+        default_factory=list,
+        description="analyses run after training: " + ", ".join(a.name for a in all_analyses()),
     )
-    analysis_options: AnalysisOptions = Field(default_factory=AnalysisOptions)
+    analysis_options: AnalysisSettings = Field(default_factory=AnalysisSettings)
+
+    @field_validator("analysis")
+    @classmethod
+    def _known_analyses(cls, value: list[str]) -> list[str]:
+        for name in value:
+            try:
+                get_analysis(name)
+            except KeyError as err:  # its message names the known ones
+                raise ValueError(err.args[0]) from None
+        return value
 
     @model_validator(mode="before")
     @classmethod
