@@ -13,16 +13,17 @@ import torch
 from tests.analyze.conftest import make_subject, pattern_images
 from torch import nn
 
+from cnnvit.analyze.analyses.cka import render_cka
 from cnnvit.analyze.cka import (
     gram_linear,
     hsic1_all_pairs,
     linear_cka,
     minibatch_cka,
-    run_cka,
 )
 from cnnvit.analyze.images import ImageSet
+from cnnvit.analyze.run import analyse
 from cnnvit.analyze.subject import Subject
-from cnnvit.report.cka_section import render_cka
+from cnnvit.folders import AnalysisFolder
 
 # --- references written here, in NumPy -------------------------------------------------------
 
@@ -202,13 +203,13 @@ def test_short_last_batch_is_dropped_and_tiny_batches_rejected():
 # --- real models --------------------------------------------------------------------------------
 
 
-def test_run_cka_on_real_models(trained_cnn, trained_vit, tmp_path):
+def test_cka_analysis_on_real_models(trained_cnn, trained_vit, tmp_path):
     cnn = dataclasses.replace(trained_cnn, label="res/net <1>")  # same model, awkward label
     images = pattern_images(48, seed=3)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         before = [s.model(x) for s in (cnn, trained_vit)]
-    result = run_cka([cnn, trained_vit], images, tmp_path, batch_size=16, progress=False)
+    result = analyse("cka", [cnn, trained_vit], tmp_path, val=images, batch_size=16, progress=False)
 
     with torch.no_grad():
         after = [s.model(x) for s in (cnn, trained_vit)]
@@ -246,7 +247,7 @@ def test_run_cka_on_real_models(trained_cnn, trained_vit, tmp_path):
             )
             assert one.matrix[0, 0] == pytest.approx(matrix[2 * i, 3 * j], abs=1e-6)
 
-    html = render_cka(tmp_path)
+    html = render_cka(AnalysisFolder(tmp_path, "cka"))
     assert html.count("<img") == 3 and "res/net &lt;1&gt;" in html and "<1>" not in html
 
 
@@ -261,6 +262,7 @@ def test_analysis_runs_in_eval_mode_and_puts_train_mode_back():
 
 
 def test_render_cka_names_what_is_missing(tmp_path):
-    assert "cka.json is missing" in render_cka(tmp_path)
+    folder = AnalysisFolder(tmp_path, "cka")
+    assert "cka.json is missing" in render_cka(folder)
     (tmp_path / "cka.json").write_text("{not json")
-    assert "damaged" in render_cka(tmp_path)
+    assert "damaged" in render_cka(folder)
