@@ -35,6 +35,7 @@ import timm.data
 import torch
 from PIL import Image
 
+from cnnvit.config import InferenceConfig
 from cnnvit.data.readers import read_dataset
 from cnnvit.evaluate.inference import EvalModel, evaluate_models
 from cnnvit.runtime import device_name, resolve_device
@@ -95,8 +96,11 @@ def main() -> None:
         def run_cnnvit(source, dtype: str) -> None:
             evaluate_models(
                 [EvalModel.of(args.model, model)], source, splits.classes, out / dtype,
-                batch_size=args.batch_size, num_workers=args.workers, device=str(device),
-                precision=dtype, channels_last="on", progress=False,
+                InferenceConfig(
+                    batch_size=args.batch_size, num_workers=args.workers, device=str(device),
+                    precision=dtype, channels_last="on",
+                ),
+                progress=False,
             )  # fmt: skip
 
         variants = args.variants.split(",")

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from cnnvit.errors import UserError
 from cnnvit.presets import PRESETS, Preset, deep_merge
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -31,7 +32,7 @@ FamilyOf = Callable[[str], str | None]
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that cannot be used; the message names the key."""
 
 
@@ -123,7 +124,9 @@ class RuntimeConfig(StrictModel):
         "auto", description="auto: bf16 autocast on CUDA, fp32 elsewhere; bf16 where supported"
     )
     channels_last: Literal["auto", "on", "off"] = Field("auto", description="auto: on for CUDA")
-    compile: bool = Field(False, description="torch.compile the model")
+    compile: bool | str = Field(
+        False, description="torch.compile the model: true (inductor) or a backend name"
+    )
     threads: int | None = Field(None, gt=0, description="CPU threads for torch")
 
 
@@ -140,6 +143,38 @@ class TrainConfig(RuntimeConfig):
         description="keep an EMA of the weights (e.g. 0.9998) and evaluate it; None = off",
     )
     ema_warmup: bool = Field(False, description="ramp the EMA decay up from 0 (timm's warmup)")
+
+
+class ProfileConfig(RuntimeConfig):
+    """How to measure a model's efficiency (``cnnvit profile``, a study's ``profile:``)."""
+
+    image_size: int | None = Field(
+        None, gt=0, description="input side in pixels (None: 224 for a model name, a run's own)"
+    )
+    batch_size: int = Field(32, gt=0, description="batch of the throughput and training step")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "fp32", description="fp32, bf16 (autocast, where the hardware has it) or auto"
+    )
+    channels_last: Literal["auto", "on", "off"] = Field(
+        "off", description="model and inputs in channels_last memory format"
+    )
+    sizes: list[int] | None = Field(
+        None, description="image-size sweep of MACs, latency and memory, e.g. 32,64,128,224,384"
+    )
+    train: bool = Field(True, description="also time a training step (forward, backward, AdamW)")
+    repeats: int | None = Field(
+        None, gt=0, description="timed calls per figure (None: about target_s seconds, 5-200)"
+    )
+    warmup: int = Field(2, ge=0, description="untimed calls before each measurement")
+    target_s: float = Field(1.0, gt=0, description="seconds of timed calls per figure")
+
+
+class InferenceConfig(RuntimeConfig):
+    """Batched evaluation of several models in one pass (``cnnvit evaluate --model A --model
+    B``)."""
+
+    batch_size: int = Field(64, gt=0, description="images per batch")
+    num_workers: int = Field(2, ge=0, description="decoding workers")
 
 
 class OutputConfig(StrictModel):
@@ -298,13 +333,15 @@ def load_run_config(
     path: Path | None = None,
     overrides: list[str] | None = None,
     *,
+    values: Mapping[str, Any] | None = None,
     family_of: FamilyOf | None = None,
 ) -> RunConfig:
-    """The defaults, updated by the config's preset (if any), by a YAML file, by ``--set``
-    overrides, validated. ``family_of`` names model families for presets that differ by family
-    (seed 001): pass :func:`cnnvit.models.family_of_name`."""
+    """The defaults, updated by the config's preset (if any), by a YAML file, by ``values``
+    (nested, typed: what command-line shortcuts gave), by ``--set`` overrides, validated.
+    ``family_of`` names model families for presets that differ by family (seed 001): pass
+    :func:`cnnvit.models.family_of_name`."""
     data = load_yaml(path) if path is not None else {}
-    merged = apply_overrides(data, overrides or [])
+    merged = apply_overrides(deep_merge(data, values or {}), overrides or [])
     return validate_config(RunConfig, apply_preset(merged, family_of))
 
 

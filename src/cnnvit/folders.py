@@ -43,6 +43,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from cnnvit.errors import UserError
+
 __all__ = [
     "FINAL",
     "AnalysisFolder",
@@ -63,12 +65,12 @@ FINAL: tuple[Status, ...] = ("completed", "diverged")
 EvaluatedWeights = Literal["model", "ema"]
 
 
-class RunFolderError(FileNotFoundError):
+class RunFolderError(UserError, FileNotFoundError):
     """A folder given as a run is not one (the message names what is missing), or cannot take a
     new run."""
 
 
-class StudyFolderError(FileNotFoundError):
+class StudyFolderError(UserError, FileNotFoundError):
     """A folder given as a study is not one (the message names what is missing)."""
 
 

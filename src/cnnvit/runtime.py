@@ -36,6 +36,7 @@ import torch
 import torchvision
 
 from cnnvit import __version__
+from cnnvit.errors import UserError
 
 __all__ = [
     "Clock",
@@ -55,7 +56,7 @@ __all__ = [
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-class RuntimeSettingError(ValueError):
+class RuntimeSettingError(UserError, ValueError):
     """A device, precision or layout this machine cannot give; the message says what to use."""
 
 

@@ -14,6 +14,7 @@ import torch
 from tests.analyze.conftest import make_subject, pattern_images
 from torch import nn
 
+from cnnvit.analyze.analyses.attention import render_attention
 from cnnvit.analyze.attention import (
     attention_modules,
     attention_rollout,
@@ -22,12 +23,12 @@ from cnnvit.analyze.attention import (
     class_token_maps,
     mean_attention_distance,
     receptive_field_distance,
-    run_attention,
     theoretical_receptive_field,
 )
 from cnnvit.analyze.layers import TokenLayout, stage_layers, token_layout
+from cnnvit.analyze.run import analyse
 from cnnvit.analyze.subject import Subject
-from cnnvit.report.attention_section import render_attention
+from cnnvit.folders import AnalysisFolder
 
 
 def random_attention(layers: int, batch: int, heads: int, tokens: int, seed: int = 0):
@@ -284,13 +285,14 @@ def test_theoretical_field_is_refused_where_the_path_is_not_a_chain():
 # --- the analysis and its report section --------------------------------------------------------
 
 
-def test_run_attention_writes_what_the_report_reads(trained_cnn, trained_vit, tmp_path):
+def test_attention_analysis_writes_what_the_report_reads(trained_cnn, trained_vit, tmp_path):
     vit = dataclasses.replace(trained_vit, label="vit <b>&/x")
     images = pattern_images(40, seed=4)
     fixed = {s.label: s.prepare(images.images[:4]) for s in (trained_cnn, vit)}
     with torch.no_grad():
         before = {s.label: s.model(fixed[s.label]) for s in (trained_cnn, vit)}
-    result = run_attention([trained_cnn, vit], images, tmp_path, num_images=3, progress=False)
+    subjects = [trained_cnn, vit]
+    result = analyse("attention", subjects, tmp_path, val=images, grid_images=3, progress=False)
     assert json.loads((tmp_path / "attention.json").read_text()) == result
     cnn_entry, vit_entry = result["models"]
     assert cnn_entry["kind"] == "receptive_field" and vit_entry["kind"] == "attention"
@@ -308,16 +310,19 @@ def test_run_attention_writes_what_the_report_reads(trained_cnn, trained_vit, tm
             assert torch.equal(s.model(fixed[s.label]), before[s.label])
         assert no_hooks(s.model)
 
-    html = render_attention(tmp_path)
+    folder = AnalysisFolder(tmp_path, "attention")
+    html = render_attention(folder)
     assert html.count("<img") == 2
     assert "vit &lt;b&gt;&amp;/x" in html and "<b>" not in html
     (tmp_path / vit_entry["figure"]).unlink()
-    assert "missing" in render_attention(tmp_path)
+    assert "missing" in render_attention(folder)
     (tmp_path / "attention.json").write_text("{")
-    assert "damaged" in render_attention(tmp_path)
-    assert "missing" in render_attention(tmp_path / "nowhere")
+    assert "damaged" in render_attention(folder)
+    assert "missing" in render_attention(AnalysisFolder(tmp_path / "nowhere", "attention"))
 
 
-def test_run_attention_rejects_duplicate_labels(trained_vit, tmp_path):
-    with pytest.raises(ValueError, match="unique"):
-        run_attention([trained_vit, trained_vit], pattern_images(4), tmp_path, progress=False)
+def test_attention_analysis_rejects_duplicate_labels(trained_vit, tmp_path):
+    # the check is Inputs' (every analysis's), and its message names the shared label
+    subjects = [trained_vit, trained_vit]
+    with pytest.raises(ValueError, match="share a label"):
+        analyse("attention", subjects, tmp_path, val=pattern_images(4), progress=False)

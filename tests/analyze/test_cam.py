@@ -12,16 +12,11 @@ import pytest
 import torch
 from tests.analyze.conftest import make_subject, pattern_boxes, pattern_images
 
-from cnnvit.analyze.cam import (
-    CAM_METHODS,
-    cam_area,
-    cam_figure,
-    cam_layers,
-    compute_cams,
-    run_gradcam,
-)
+from cnnvit.analyze.analyses.gradcam import cam_figure, render_gradcam
+from cnnvit.analyze.cam import CAM_METHODS, cam_area, cam_layers, compute_cams
 from cnnvit.analyze.layers import block_layers, stage_layers, vit_block_layers
-from cnnvit.report.gradcam_section import render_gradcam
+from cnnvit.analyze.run import analyse
+from cnnvit.folders import AnalysisFolder
 
 
 def _check_maps(maps: np.ndarray, layers: int, images: int, size: int) -> None:
@@ -203,7 +198,7 @@ def _state(model: torch.nn.Module):
     )
 
 
-def test_run_gradcam_leaves_models_as_they_were(tmp_path):
+def test_gradcam_analysis_leaves_models_as_they_were(tmp_path):
     cnn, vit = make_subject("resnet_mini"), make_subject("vit_mini")
     # a mixed state to keep: half the parameters frozen, one module in train mode, a .grad
     for p in list(cnn.model.parameters())[:10]:
@@ -216,7 +211,7 @@ def test_run_gradcam_leaves_models_as_they_were(tmp_path):
         before = [cnn.model(x), vit.model(x)]
     states = [_state(cnn.model), _state(vit.model)]
     images = pattern_images(12, seed=9)
-    result = run_gradcam([cnn, vit], images, tmp_path, num_images=4, progress=False)
+    result = analyse("gradcam", [cnn, vit], tmp_path, val=images, num_images=4, progress=False)
     with torch.no_grad():
         after = [cnn.model(x), vit.model(x)]
     assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
@@ -236,9 +231,9 @@ def test_run_gradcam_leaves_models_as_they_were(tmp_path):
     assert len(rows) == 1 + 5 + 4
 
 
-def test_run_gradcam_area_matches_the_maps(tmp_path, trained_cnn):
+def test_gradcam_analysis_area_matches_the_maps(tmp_path, trained_cnn):
     images = pattern_images(8, seed=10)
-    result = run_gradcam([trained_cnn], images, tmp_path, num_images=8, progress=False)
+    result = analyse("gradcam", [trained_cnn], tmp_path, val=images, num_images=8, progress=False)
     cams = compute_cams(trained_cnn, images.images, labels=images.labels)
     by_hand = [np.mean([(m >= 0.5 * m.max()).mean() for m in layer]) for layer in cams.maps]
     np.testing.assert_allclose(result["models"][0]["cam_area"], by_hand, rtol=1e-6)
@@ -265,15 +260,16 @@ def test_cam_layers_hook_vit_norm1_and_cnn_stages():
 
 def test_render_gradcam_embeds_figures_and_escapes_labels(tmp_path, trained_cnn):
     subject = dataclasses.replace(trained_cnn, label="<b>")
-    run_gradcam([subject], pattern_images(4, seed=12), tmp_path, num_images=4, progress=False)
-    html = render_gradcam(tmp_path)
+    images = pattern_images(4, seed=12)
+    analyse("gradcam", [subject], tmp_path, val=images, num_images=4, progress=False)
+    html = render_gradcam(AnalysisFolder(tmp_path, "gradcam"))
     assert html.count("data:image/png;base64,") == 2  # area plot + the grid
     assert "&lt;b&gt;" in html and "<b>" not in html
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert "missing" in render_gradcam(empty)
+    assert "missing" in render_gradcam(AnalysisFolder(empty, "gradcam"))
     (empty / "gradcam.json").write_text("{not json")
-    assert "damaged" in render_gradcam(empty)
+    assert "damaged" in render_gradcam(AnalysisFolder(empty, "gradcam"))
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
-"""Shape bias: the measure on constructed answers, through ``run_shape_bias`` with a model that
-looks its answer up; the generated set (silhouette of S, pixels of T, balanced, seeded); the
-model-vs-human folder layout and the 16-category ImageNet aggregation; the report section."""
+"""Shape bias: the measure on constructed answers, through ``analyse("shape_bias", ...)`` with a
+model that looks its answer up; the generated set (silhouette of S, pixels of T, balanced,
+seeded); the model-vs-human folder layout and the 16-category ImageNet aggregation; the report
+section; the summary's headline and verdict."""
 
 from __future__ import annotations
 
@@ -17,6 +18,12 @@ from PIL import Image
 from tests.analyze.conftest import PATTERN_CLASSES, make_subject, pattern_boxes
 from torch import nn
 
+from cnnvit.analyze.analyses.shape_bias import (
+    SEED,
+    render_shape_bias,
+    shape_bias_headline,
+    shape_bias_verdict,
+)
 from cnnvit.analyze.cue_conflict import (
     IMAGENET_16_CATEGORIES,
     CueConflictSet,
@@ -24,12 +31,12 @@ from cnnvit.analyze.cue_conflict import (
     foreground_mask,
     make_cue_conflict,
     read_cue_conflict_folder,
-    run_shape_bias,
     shape_bias,
 )
 from cnnvit.analyze.images import ImageSet
+from cnnvit.analyze.run import analyse
 from cnnvit.analyze.subject import Subject
-from cnnvit.report.shape_bias_section import render_shape_bias
+from cnnvit.folders import AnalysisFolder
 
 NUM = 48  # 4 classes: 12 ordered pairs, 4 images each
 SHAPES = ["disc", "square", "triangle", "cross"]
@@ -93,6 +100,12 @@ def source(source_and_truth) -> ImageSet:
 @pytest.fixture(scope="module")
 def cue_set(source) -> CueConflictSet:
     return make_cue_conflict(source, num_images=NUM, seed=1)
+
+
+@pytest.fixture(scope="module")
+def analysed_set(source) -> CueConflictSet:
+    """The set the analysis generates from ``source``: its seed is fixed (``SEED``)."""
+    return make_cue_conflict(source, num_images=NUM, seed=SEED)
 
 
 class Lookup(nn.Module):
@@ -159,17 +172,19 @@ def test_shape_bias_counts_and_excludes_agreeing_images():
     ("answer", "expected"),
     [("texture", 0.0), ("shape", 1.0), ("mixed", None), ("third", math.nan)],
 )
-def test_run_shape_bias_on_models_that_answer_one_cue(source, cue_set, tmp_path, answer, expected):
-    shape, texture = cue_set.shape_labels, cue_set.texture_labels
+def test_run_shape_bias_on_models_that_answer_one_cue(
+    source, analysed_set, tmp_path, answer, expected
+):
+    shape, texture = analysed_set.shape_labels, analysed_set.texture_labels
     answers = {
         "texture": texture,
         "shape": shape,
         "mixed": torch.where(torch.arange(NUM) % 3 == 0, shape, texture),
         "third": _third(shape, texture, 4),
     }[answer]
-    subject = lookup_subject(cue_set.images, answers, SHAPES, label=f"{answer} model")
+    subject = lookup_subject(analysed_set.images, answers, SHAPES, label=f"{answer} model")
     # The run regenerates the set from the same images and seed: the model must find each image.
-    result = run_shape_bias([subject], source, tmp_path, num_images=NUM, seed=1, progress=False)
+    result = analyse("shape_bias", [subject], tmp_path, val=source, num_images=NUM, progress=False)
     (m,) = result["models"]
     assert m["conflicts"] == NUM
     if answer == "mixed":
@@ -192,7 +207,7 @@ def test_run_writes_files_and_leaves_a_real_model_unchanged(patterns, tmp_path):
     probe = patterns.images[:8]  # (8, 3, 32, 32)
     before = model.logits(probe)
     flags = [p.requires_grad for p in model.model.parameters()]
-    result = run_shape_bias([model], patterns, tmp_path, num_images=24, progress=False)
+    result = analyse("shape_bias", [model], tmp_path, val=patterns, num_images=24, progress=False)
     assert torch.equal(model.logits(probe), before)
     assert [p.requires_grad for p in model.model.parameters()] == flags
     assert not model.model.training
@@ -204,14 +219,14 @@ def test_run_writes_files_and_leaves_a_real_model_unchanged(patterns, tmp_path):
     lines = (tmp_path / "shape_bias.csv").read_text().splitlines()
     assert lines[0].startswith("model,shape_class,shape_hits")
     assert lines[1].startswith(f"{model.label},all,{result['models'][0]['shape_hits']},")
-    html = render_shape_bias(tmp_path)
+    html = render_shape_bias(AnalysisFolder(tmp_path, "shape_bias"))
     assert html.count("<img") >= 2 and model.label in html
 
 
 def test_run_needs_images_or_a_folder(source, cue_set, tmp_path):
     subject = lookup_subject(cue_set.images, cue_set.shape_labels, SHAPES)
     with pytest.raises(ValueError, match="folder"):
-        run_shape_bias([subject], None, tmp_path, progress=False)
+        analyse("shape_bias", [subject], tmp_path, progress=False)
 
 
 # --- the generated set ----------------------------------------------------------------------
@@ -349,13 +364,13 @@ def test_folder_run_with_the_models_own_classes(tmp_path):
     subject.classes = ["square", "frame", "h-bars"]
     subject.model.answers = torch.tensor([1, 0])  # frame for frame-shape, square for square
     subject.model.num_classes = 3
-    result = run_shape_bias([subject], None, tmp_path / "out", folder=tmp_path / "set")
+    result = analyse("shape_bias", [subject], tmp_path / "out", folder=tmp_path / "set")
     (m,) = result["models"]
     assert m["mapping"] == "direct" and m["shape_bias"] == 1.0
     assert result["settings"]["source"] == "folder"
     stranger = lookup_subject(read.images, [0, 0], ["cat", "dog"], label="other")
     with pytest.raises(ValueError, match=r"\['frame', 'square'\]"):
-        run_shape_bias([stranger], None, tmp_path / "out2", folder=tmp_path / "set")
+        analyse("shape_bias", [stranger], tmp_path / "out2", folder=tmp_path / "set")
 
 
 def test_imagenet16_aggregation_is_the_mean_probability():
@@ -401,7 +416,7 @@ def test_imagenet_model_answers_through_the_16_categories(tmp_path):
     shapes = [read.classes[i] for i in read.shape_labels]
     answers = torch.tensor([386 if s == "cat" else 281 for s in shapes])
     subject = lookup_subject(read.images, answers, [f"n{i:04d}" for i in range(1000)])
-    result = run_shape_bias([subject], None, tmp_path / "out", folder=tmp_path / "set")
+    result = analyse("shape_bias", [subject], tmp_path / "out", folder=tmp_path / "set")
     (m,) = result["models"]
     assert m["mapping"] == "imagenet16"
     assert m["shape_bias"] == 0.0 and m["texture_hits"] == 2
@@ -411,9 +426,10 @@ def test_imagenet_model_answers_through_the_16_categories(tmp_path):
 
 
 def test_render_notes_missing_or_damaged_results(tmp_path):
-    assert "missing or damaged" in render_shape_bias(tmp_path)
+    folder = AnalysisFolder(tmp_path, "shape_bias")
+    assert "missing or damaged" in render_shape_bias(folder)
     (tmp_path / "shape_bias.json").write_text('{"models": 3}')
-    assert "missing or damaged" in render_shape_bias(tmp_path)
+    assert "missing or damaged" in render_shape_bias(folder)
 
 
 def test_render_escapes_labels_and_notes_missing_figures(tmp_path):
@@ -433,6 +449,37 @@ def test_render_escapes_labels_and_notes_missing_figures(tmp_path):
         "figures": {"shape_bias": "shape_bias.png"},
     }
     (tmp_path / "shape_bias.json").write_text(json.dumps(result))
-    html = render_shape_bias(tmp_path)
+    html = render_shape_bias(AnalysisFolder(tmp_path, "shape_bias"))
     assert "<b>m" not in html and "&lt;b&gt;m" in html and "&lt;i&gt;f" in html
     assert "no hits" in html and "shape_bias.png is missing" in html
+
+
+# --- the summary ------------------------------------------------------------------------------
+
+
+def test_headline_and_verdict_read_shape_bias_json():
+    # Numbers and the sentence as the report's analysis summary gave them before the registry.
+    result = {
+        "models": [
+            {"label": "cnn", "shape_bias": 0.25},
+            {"label": "<vit>", "shape_bias": 0.75},
+            {"label": "no hits", "shape_bias": None},
+            {"label": "text", "shape_bias": "0.5"},
+            {"label": "flag", "shape_bias": True},
+            {"label": "whole", "shape_bias": 1},
+            "not a model",
+            {"label": "tie", "shape_bias": 0.25},
+        ]
+    }
+    headline = shape_bias_headline(result)
+    assert list(headline) == ["cnn", "<vit>", "no hits", "text", "flag", "whole", "tie"]
+    assert headline["cnn"] == {"shape_bias": 0.25} and headline["whole"] == {"shape_bias": 1.0}
+    assert all(math.isnan(headline[m]["shape_bias"]) for m in ("no hits", "text", "flag"))
+    assert shape_bias_verdict(result) == (
+        "Shape bias on cue-conflict images (1 = decides by shape, 0 = by texture): "
+        "whole 1.00, <vit> 0.75, cnn 0.25, tie 0.25."
+    )
+    nothing = {"models": [{"label": "cnn", "shape_bias": None}]}
+    assert math.isnan(shape_bias_headline(nothing)["cnn"]["shape_bias"])
+    assert shape_bias_verdict(nothing) is None
+    assert shape_bias_headline({"models": 3}) == {} and shape_bias_verdict({}) is None

@@ -11,14 +11,11 @@ import pytest
 import torch
 from tests.analyze.conftest import make_subject, pattern_images
 
-from cnnvit.analyze.featuremaps import (
-    MAX_COLUMNS,
-    feature_maps,
-    featuremap_layers,
-    run_featuremaps,
-    wrap_name,
-)
-from cnnvit.report.featuremaps_section import render_featuremaps
+from cnnvit.analyze.analyses.featuremaps import render_featuremaps
+from cnnvit.analyze.featuremaps import feature_maps, featuremap_layers
+from cnnvit.analyze.run import analyse
+from cnnvit.folders import AnalysisFolder
+from cnnvit.plotting import MAX_COLUMNS, wrap_name
 
 
 def _conv_outputs_by_hand(subject, images) -> dict[str, torch.Tensor]:
@@ -66,7 +63,7 @@ def _hooks(model: torch.nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
-def test_run_featuremaps_writes_grids_skips_vits_and_keeps_models(tmp_path):
+def test_featuremaps_analysis_writes_grids_skips_vits_and_keeps_models(tmp_path):
     cnn, vit = make_subject("resnet_mini"), make_subject("vit_mini")
     for p in list(cnn.model.parameters())[:5]:
         p.requires_grad_(False)
@@ -76,7 +73,7 @@ def test_run_featuremaps_writes_grids_skips_vits_and_keeps_models(tmp_path):
         before = cnn.model(x)
     modes = [m.training for m in cnn.model.modules()]
     grads = [p.requires_grad for p in cnn.model.parameters()]
-    result = run_featuremaps([cnn, vit], pattern_images(8), tmp_path, progress=False)
+    result = analyse("featuremaps", [cnn, vit], tmp_path, val=pattern_images(8), progress=False)
     with torch.no_grad():
         assert torch.equal(cnn.model(x), before)
     assert [m.training for m in cnn.model.modules()] == modes
@@ -93,7 +90,8 @@ def test_run_featuremaps_writes_grids_skips_vits_and_keeps_models(tmp_path):
 
 def test_many_convs_are_capped_in_the_figure(tmp_path):
     subject = make_subject("resnet50", image_size=32)
-    result = run_featuremaps([subject], pattern_images(4), tmp_path, num_images=2, progress=False)
+    images = pattern_images(4)
+    result = analyse("featuremaps", [subject], tmp_path, val=images, grid_images=2, progress=False)
     entry = result["models"][0]
     assert len(entry["layers"]) == 53
     assert len(entry["shown"]) == MAX_COLUMNS
@@ -108,11 +106,11 @@ def test_long_layer_names_wrap_at_dots():
 def test_render_featuremaps_embeds_grids_escapes_labels_and_notes_missing(tmp_path):
     cnn = dataclasses.replace(make_subject("resnet_mini"), label="<b>")
     vit = dataclasses.replace(make_subject("vit_mini"), label="vit & co")
-    run_featuremaps([cnn, vit], pattern_images(4), tmp_path, progress=False)
-    html = render_featuremaps(tmp_path)
+    analyse("featuremaps", [cnn, vit], tmp_path, val=pattern_images(4), progress=False)
+    html = render_featuremaps(AnalysisFolder(tmp_path, "featuremaps"))
     assert html.count("data:image/png;base64,") == 1
     assert "&lt;b&gt;" in html and "<b>" not in html
     assert "vit &amp; co" in html and "patch embedding" in html
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert "missing" in render_featuremaps(empty)
+    assert "missing" in render_featuremaps(AnalysisFolder(empty, "featuremaps"))

@@ -1,9 +1,11 @@
 """kNN embedding quality: exact search and votes against scikit-learn and brute-force NumPy,
-pre-logits features against the classifier's own input, and the analysis on real models."""
+pre-logits features against the classifier's own input, the analysis on real models, and its
+headline numbers and verdict sentence."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -12,8 +14,10 @@ import torch
 from sklearn.neighbors import KNeighborsClassifier
 from tests.analyze.conftest import accuracy, pattern_images
 
-from cnnvit.analyze.knn import embed, knn_scores, run_knn
-from cnnvit.report.knn_section import render_knn
+from cnnvit.analyze.analyses.knn import knn_headline, knn_verdict, render_knn
+from cnnvit.analyze.knn import embed, knn_scores
+from cnnvit.analyze.run import analyse
+from cnnvit.folders import AnalysisFolder
 
 
 def test_separable_classes_give_perfect_one_nn():
@@ -112,13 +116,19 @@ def test_embed_is_the_classifier_input(trained_cnn, trained_vit):
         np.testing.assert_allclose(feats, classifier_input(subject, images), atol=1e-5)
 
 
-def test_run_knn_on_real_models(trained_cnn, trained_vit, tmp_path):
+def test_knn_analysis_on_real_models(trained_cnn, trained_vit, tmp_path):
     index, queries = pattern_images(96, seed=6), pattern_images(40, seed=7)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         before = [s.model(x) for s in (trained_cnn, trained_vit)]
-    result = run_knn(
-        [trained_cnn, trained_vit], index, queries, tmp_path, batch_size=32, progress=False
+    result = analyse(
+        "knn",
+        [trained_cnn, trained_vit],
+        tmp_path,
+        val=queries,
+        train=index,
+        progress=False,
+        batch_size=32,
     )
     with torch.no_grad():
         after = [s.model(x) for s in (trained_cnn, trained_vit)]
@@ -137,6 +147,58 @@ def test_run_knn_on_real_models(trained_cnn, trained_vit, tmp_path):
     assert len(table) == 6 and set(table["index_size"]) == {96}
     assert (tmp_path / "knn.png").read_bytes()[:4] == b"\x89PNG"
 
-    html = render_knn(tmp_path)
+    html = render_knn(AnalysisFolder(tmp_path, "knn"))
     assert "<img" in html and "resnet_mini" in html and "recall@20" in html
-    assert "knn.json is missing" in render_knn(tmp_path / "nowhere")
+    assert "knn.json is missing" in render_knn(AnalysisFolder(tmp_path / "nowhere", "knn"))
+
+
+def test_index_and_query_counts_and_k_kept_within_the_index(trained_cnn, tmp_path, capsys):
+    train, val = pattern_images(40, seed=8), pattern_images(20, seed=9)
+    options = {"val": val, "train": train, "progress": False, "batch_size": 16}
+    result = analyse("knn", [trained_cnn], tmp_path / "a", ks=[1, 5, 20], max_index=8, **options)
+    settings = result["settings"]
+    assert (settings["index_size"], settings["query_size"]) == (8, 20)
+    assert settings["ks"] == [1, 5] and result["models"][0]["ks"] == [1, 5]
+    assert "kNN: 8 training images, so k = [1, 5]" in capsys.readouterr().err
+
+    # No k fits: the whole index is the one neighbourhood.
+    result = analyse("knn", [trained_cnn], tmp_path / "b", ks=[20, 30], max_index=8, **options)
+    assert result["settings"]["ks"] == [8]
+    assert "kNN: 8 training images, so k = [8]" in capsys.readouterr().err
+    result = analyse("knn", [trained_cnn], tmp_path / "c", ks=[3], max_queries=6, **options)
+    assert (result["settings"]["index_size"], result["settings"]["query_size"]) == (40, 6)
+    assert "training images, so k" not in capsys.readouterr().err
+
+
+def test_headline_and_verdict_from_knn_json():
+    data = {
+        "models": [
+            {"label": "cnn", "head_top1": 0.9, "knn_accuracy": {"1": 0.8, "5": 0.85}},
+            {"label": "<vit>", "head_top1": 0.7, "knn_accuracy": {"1": 0.6, "5": 0.65}},
+        ]
+    }
+    assert knn_headline(data) == {
+        "cnn": {"knn_top1": 0.8, "head_top1": 0.9},
+        "<vit>": {"knn_top1": 0.6, "head_top1": 0.7},
+    }
+    assert knn_verdict(data) == (
+        "Nearest-neighbour retrieval on penultimate features (1-NN top-1): cnn 80.0 % (its "
+        "classifier head 90.0 %); <vit> 60.0 % (its classifier head 70.0 %)."
+    )
+
+    # 1-NN only when the smallest k is 1; what is not a number is NaN; one 1-NN figure is no
+    # comparison.
+    odd = {
+        "models": [
+            {"label": "a", "head_top1": "0.9", "knn_accuracy": {"5": 0.7, "3": 0.6}},
+            {"label": "b", "head_top1": True, "knn_accuracy": {"20": 0.5, "1": 0.4}},
+            "not a model",
+        ]
+    }
+    rows = knn_headline(odd)
+    assert list(rows) == ["a", "b"] and rows["b"]["knn_top1"] == 0.4
+    assert all(
+        math.isnan(v) for v in (rows["a"]["knn_top1"], *(r["head_top1"] for r in rows.values()))
+    )
+    assert knn_verdict(odd) is None
+    assert knn_headline({}) == {} and knn_verdict({"models": None}) is None

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from itertools import pairwise
 
 import numpy as np
@@ -13,15 +15,16 @@ import torch
 from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
 from tests.analyze.conftest import accuracy, make_subject, pattern_images
 
-from cnnvit.analyze.images import ImageSet
-from cnnvit.analyze.robustness import (
-    CORRUPTIONS,
-    PARAMETERS,
-    blur_sigmas,
-    corrupt,
-    run_robustness,
+from cnnvit.analyze.analyses.robustness import (
+    render_robustness,
+    robustness_headline,
+    robustness_verdict,
 )
-from cnnvit.report.robustness_section import render_robustness
+from cnnvit.analyze.images import ImageSet
+from cnnvit.analyze.registry import Column, get_analysis
+from cnnvit.analyze.robustness import CORRUPTIONS, PARAMETERS, blur_sigmas, corrupt
+from cnnvit.analyze.run import analyse
+from cnnvit.folders import AnalysisFolder
 
 
 def _smooth_grey(n: int = 8, size: int = 28) -> torch.Tensor:
@@ -174,10 +177,11 @@ def _independent_accuracy(subject, images: ImageSet, name: str, severity: int) -
 
 
 def test_accuracies_equal_an_independent_loop(trained_cnn, robustness_images, tmp_path):
-    result = run_robustness(
+    result = analyse(
+        "robustness",
         [trained_cnn],
-        robustness_images,
         tmp_path,
+        val=robustness_images,
         corruptions=["rotation", "gaussian_noise"],
         severities=(2, 5),
         batch_size=20,  # uneven batches: 20, 20, 8
@@ -211,10 +215,11 @@ def test_run_writes_files_and_leaves_models_unchanged(trained_cnn, robustness_im
     modes = [trained_cnn.model.training, vit.model.training]
     images = robustness_images.subset(32)
     names = ["gaussian_noise", "jpeg", "rotation"]
-    result = run_robustness(
+    result = analyse(
+        "robustness",
         [trained_cnn, vit],
-        images,
         tmp_path,
+        val=images,
         corruptions=names,
         severities=(1, 5),
         batch_size=16,
@@ -242,27 +247,31 @@ def test_run_writes_files_and_leaves_models_unchanged(trained_cnn, robustness_im
     for name in ("robustness.png", "corruption_examples.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    html = render_robustness(tmp_path)
+    html = render_robustness(AnalysisFolder(tmp_path, "robustness"))
     assert html.count("<img") == 2 and "relative" in html
     assert vit.label in html
 
 
 def test_run_rejects_bad_options(trained_cnn, robustness_images, tmp_path):
+    def run(images=robustness_images, **options):
+        return analyse("robustness", [trained_cnn], tmp_path, val=images, **options)
+
     with pytest.raises(ValueError, match="unknown corruption"):
-        run_robustness([trained_cnn], robustness_images, tmp_path, corruptions=["snow"])
+        run(corruptions=["snow"])
     with pytest.raises(ValueError, match="at least one corruption"):
-        run_robustness([trained_cnn], robustness_images, tmp_path, corruptions=[])
+        run(corruptions=[])
     with pytest.raises(ValueError, match="severities"):
-        run_robustness([trained_cnn], robustness_images, tmp_path, severities=(0, 6))
+        run(severities=(0, 6))
     other = ImageSet(robustness_images.images, robustness_images.labels, list("abcd"), "x")
     with pytest.raises(ValueError, match="trained on"):
-        run_robustness([trained_cnn], other, tmp_path)
+        run(other)
 
 
 def test_render_notes_missing_or_damaged_results(tmp_path):
-    assert "missing or damaged" in render_robustness(tmp_path)
+    folder = AnalysisFolder(tmp_path, "robustness")
+    assert "missing or damaged" in render_robustness(folder)
     (tmp_path / "robustness.json").write_text("{not json")
-    assert "missing or damaged" in render_robustness(tmp_path)
+    assert "missing or damaged" in render_robustness(folder)
 
 
 def test_render_escapes_labels(tmp_path):
@@ -280,6 +289,63 @@ def test_render_escapes_labels(tmp_path):
         "figures": {"accuracy": "robustness.png"},
     }
     (tmp_path / "robustness.json").write_text(json.dumps(result))
-    html = render_robustness(tmp_path)
+    html = render_robustness(AnalysisFolder(tmp_path, "robustness"))
     assert "<script>x" not in html and "&lt;script&gt;" in html
     assert "robustness.png is missing" in html
+
+
+# --- the summary -------------------------------------------------------------------------------
+
+
+def test_headline_and_verdict_read_the_json():
+    data = {
+        "settings": {"corruptions": ["contrast", "jpeg"], "severities": [1, 2, 3]},
+        "models": [
+            {"label": "cnn", "mean_corruption_accuracy": 0.45, "relative_accuracy": 0.5},
+            {"label": "<vit>", "mean_corruption_accuracy": 0.49, "relative_accuracy": 0.7},
+            {"label": "mlp", "mean_corruption_accuracy": 0.2, "relative_accuracy": None},
+            "not a model",
+        ],
+    }
+    headline = robustness_headline(data)
+    assert headline["cnn"] == {"corruption_accuracy": 0.45, "relative_robustness": 0.5}
+    assert headline["<vit>"] == {"corruption_accuracy": 0.49, "relative_robustness": 0.7}
+    assert headline["mlp"]["corruption_accuracy"] == 0.2
+    assert np.isnan(headline["mlp"]["relative_robustness"])  # not a number: NaN
+    assert set(headline) == {"cnn", "<vit>", "mlp"}
+    assert robustness_verdict(data) == (
+        "Under 2 corruptions at 3 severities, <vit> keeps 70 % of its clean accuracy (49.0 % on "
+        "average); cnn keeps 50 % of its clean accuracy (45.0 % on average)."
+    )
+    # Without settings the sentence says "the" corruptions at "several" severities.
+    assert robustness_verdict({"models": data["models"]}).startswith(
+        "Under the corruptions at several severities, <vit> keeps 70 %"
+    )
+    # One model measured: nothing to compare.
+    assert robustness_verdict({"settings": {}, "models": data["models"][:1]}) is None
+    assert robustness_headline({"models": "damaged"}) == {}
+
+
+def test_registered_with_the_old_title_verb_and_defaults():
+    item = get_analysis("robustness")
+    assert (item.title, item.anchor, item.order) == ("Corruption robustness", "robustness", 70)
+    assert item.command.name == "robustness" and not item.command.defaults
+    assert item.columns == {
+        "corruption_accuracy": Column("corrupted", "pct"),
+        "relative_robustness": Column("kept", "pct"),
+    }
+    options = item.default_options()
+    assert options.model_dump() == {
+        "images": 500,
+        "corruptions": None,
+        "severities": [1, 2, 3, 4, 5],
+        "batch_size": 256,
+        "seed": 0,
+    }
+    extra = type(options).model_fields["corruptions"].json_schema_extra
+    assert extra == {"flag": "--corruption", "action": "append"}
+
+
+def test_the_analysis_module_imports_no_torch():
+    code = "import cnnvit.analyze.analyses.robustness, sys; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

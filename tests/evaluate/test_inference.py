@@ -14,12 +14,15 @@ import timm.data
 import torch
 from PIL import Image
 
+from cnnvit.config import InferenceConfig
 from cnnvit.data.readers import read_dataset
 from cnnvit.data.types import ArraySource, DataError
 from cnnvit.evaluate.inference import EvalModel, StageTimer, evaluate_models, evaluation_split
 from cnnvit.runtime import Clock
 
 CLASSES = ["a", "b", "c"]
+
+ONE_PROCESS = InferenceConfig(num_workers=0)  # decoding in this process
 
 
 def _photo_folder(root: Path, per_class: int = 4) -> list[Path]:
@@ -61,7 +64,7 @@ def test_same_predictions_as_timms_transform_one_image_at_a_time(tmp_path: Path)
     models = _models()
     summary = evaluate_models(
         models, evaluation_split(splits), splits.classes, tmp_path / "out",
-        batch_size=5, num_workers=2, progress=False,
+        InferenceConfig(batch_size=5, num_workers=2), progress=False,
     )  # fmt: skip
     assert [Path(p) for p in splits.train.paths] == paths
     labels = np.repeat(np.arange(3), 4)
@@ -88,7 +91,7 @@ def test_a_corrupt_file_is_skipped_and_named(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = EvalModel.of("r", timm.create_model("resnet18", num_classes=3))
     summary = evaluate_models(
-        [model], splits.train, splits.classes, tmp_path / "out", num_workers=0, progress=False
+        [model], splits.train, splits.classes, tmp_path / "out", ONE_PROCESS, progress=False
     )
     assert summary["num_images"] == 6
     assert [Path(s["path"]).name for s in summary["skipped_files"]] == ["9_broken.jpg"]
@@ -102,11 +105,11 @@ def test_in_memory_arrays_and_class_count_check(tmp_path: Path) -> None:
     source = ArraySource(rng.integers(0, 256, (6, 32, 32, 1), dtype=np.uint8), np.arange(6) % 3)
     torch.manual_seed(0)
     model = EvalModel.of("r", timm.create_model("resnet18", num_classes=3))
-    summary = evaluate_models([model], source, CLASSES, tmp_path, num_workers=0, progress=False)
+    summary = evaluate_models([model], source, CLASSES, tmp_path, ONE_PROCESS, progress=False)
     assert summary["num_images"] == 6
     wrong = EvalModel.of("ten", timm.create_model("resnet18", num_classes=10))
     with pytest.raises(DataError, match="ten has 10 classes but the dataset has 3"):
-        evaluate_models([wrong], source, CLASSES, tmp_path, num_workers=0, progress=False)
+        evaluate_models([wrong], source, CLASSES, tmp_path, ONE_PROCESS, progress=False)
 
 
 def test_stage_timer_reads_the_clock_only_after_synchronising() -> None:

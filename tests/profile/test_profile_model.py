@@ -10,35 +10,49 @@ import torch
 from profile_fakes import AsyncLinear, FakeAsyncDevice
 from rich.console import Console
 
-from cnnvit.config import DataConfig, FreezeConfig, ModelConfig, RunConfig, dump_yaml
+from cnnvit.config import (
+    ConfigError,
+    DataConfig,
+    FreezeConfig,
+    ModelConfig,
+    ProfileConfig,
+    RunConfig,
+    dump_yaml,
+    validate_config,
+)
 from cnnvit.models.registry import UnknownModelError, create_model
 from cnnvit.models.surgery import count_parameters, freeze_all_but_last_blocks
-from cnnvit.profile import (
+from cnnvit.profile.cost import count_flops
+from cnnvit.profile.plot import sweep_figure
+from cnnvit.profile.profiler import profile_model, profile_run, profile_sizes
+from cnnvit.profile.record import (
     ModelProfile,
-    count_flops,
-    profile_model,
+    _num,
     profile_rows,
-    profile_run,
-    profile_sizes,
     profile_table,
     read_profiles_json,
     write_profiles_json,
 )
-from cnnvit.profile.plot import sweep_figure
-from cnnvit.profile.profiler import _num
 from cnnvit.runtime import device_name
 from cnnvit.train.checkpoint import save_checkpoint
 from cnnvit.ui import progress_bar
 
 # One thread: see conftest; the module-scoped profiles are taken before its fixture runs.
-FAST = dict(repeats=3, warmup=1, progress=False, device="cpu", threads=1)
+FAST = dict(repeats=3, warmup=1, device="cpu", threads=1)
+
+
+def fast(**settings) -> ProfileConfig:
+    """A quick profile on one CPU thread, with ``settings`` on top."""
+    return ProfileConfig(**{**FAST, **settings})
 
 
 @pytest.fixture(scope="module")
 def mini_profiles() -> list[ModelProfile]:
     """resnet_mini and vit_mini at 32 px, batch 4, with a two-size sweep."""
     return [
-        profile_model(name, num_classes=10, image_size=32, batch_size=4, sizes=[16, 32], **FAST)
+        profile_model(
+            name, fast(image_size=32, batch_size=4, sizes=[16, 32]), num_classes=10, progress=False
+        )
         for name in ("resnet_mini", "vit_mini")
     ]
 
@@ -78,12 +92,11 @@ def test_a_fake_asynchronous_model_gives_exact_figures(fake_device: FakeAsyncDev
     """End to end through profile_model: the figures are the fake device's work, exactly."""
     model = AsyncLinear(fake_device, per_image_s=0.004, in_features=3 * 8 * 8, classes=7)
     p = profile_model(
+        None,
+        fast(image_size=8, batch_size=5, channels_last="on"),
         model=model,
-        image_size=8,
-        batch_size=5,
         clock=fake_device.clock(),
-        channels_last=True,
-        **FAST,
+        progress=False,
     )
     assert p.latency_ms.median == pytest.approx(4.0)
     assert p.latency_ms.iqr == pytest.approx(0.0, abs=1e-9)
@@ -101,18 +114,15 @@ def test_a_fake_asynchronous_model_gives_exact_figures(fake_device: FakeAsyncDev
 def test_compile_time_is_the_first_call(fake_device: FakeAsyncDevice) -> None:
     p = profile_model(
         "resnet_mini",
+        fast(image_size=16, batch_size=2, compile="eager", train=False),
         num_classes=10,
-        image_size=16,
-        batch_size=2,
-        compile="eager",
-        train=False,
-        **FAST,
+        progress=False,
     )
     assert p.compiled == "eager"
     assert p.compile_s is not None and p.compile_s > 0
     assert p.train_throughput is None and "train" not in p.repeats
     with pytest.raises(ValueError, match="warmup >= 1"):
-        profile_model("resnet_mini", compile=True, warmup=0, progress=False)
+        profile_model("resnet_mini", ProfileConfig(compile=True, warmup=0), progress=False)
 
 
 def test_json_round_trip(mini_profiles, tmp_path) -> None:
@@ -181,39 +191,35 @@ def test_sweep_figure_draws_each_models_points(mini_profiles) -> None:
 
 
 def test_sweep_reports_sizes_a_model_cannot_take() -> None:
-    points = profile_sizes("vit_mini", [16, 30], num_classes=10, **FAST)
+    points = profile_sizes("vit_mini", [16, 30], fast(), num_classes=10, progress=False)
     assert points[0].error is None and points[0].macs is not None
     assert points[1].macs is None and "not a multiple of patch_size 4" in points[1].error
     with pytest.raises(UnknownModelError, match="unknown model 'vit_mni'"):
-        profile_sizes("vit_mni", [16], **FAST)
+        profile_sizes("vit_mni", [16], fast(), progress=False)
 
 
 def test_errors_name_the_problem() -> None:
     with pytest.raises(UnknownModelError, match=r"unknown model 'resnet5000'.*resnet50"):
-        profile_model("resnet5000", **FAST)
-    with pytest.raises(ValueError, match="dtype must be one of fp32, bf16; got 'fp16'"):
-        profile_model("resnet_mini", dtype="fp16", progress=False)
+        profile_model("resnet5000", fast(), progress=False)
+    with pytest.raises(ConfigError, match=r"'precision'.*'auto', 'fp32' or 'bf16' \(got 'fp16'\)"):
+        validate_config(ProfileConfig, {"precision": "fp16"})
     with pytest.raises(ValueError, match="a model name or a model"):
         profile_model(progress=False)
     with pytest.raises(ValueError, match="not with model="):
         profile_model(model=torch.nn.Linear(2, 2), weights="w.safetensors", progress=False)
     with pytest.raises(ValueError, match="sweep needs the model's architecture name"):
-        profile_model(model=torch.nn.Linear(2, 2), sizes=[8], progress=False)
+        profile_model(None, ProfileConfig(sizes=[8]), model=torch.nn.Linear(2, 2), progress=False)
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="no CUDA GPU is visible; use device=cpu"):
-            profile_model("resnet_mini", device="cuda", progress=False)
+        with pytest.raises(ValueError, match="no CUDA GPU is visible; use cpu"):
+            profile_model("resnet_mini", ProfileConfig(device="cuda"), progress=False)
 
 
 def test_bf16_autocast_runs_inside_a_callers_progress_display() -> None:
     with progress_bar() as bar:
         p = profile_model(
             "resnet_mini",
+            fast(image_size=16, batch_size=2, precision="bf16", train=False),
             num_classes=10,
-            image_size=16,
-            batch_size=2,
-            dtype="bf16",
-            train=False,
-            **{**FAST, "progress": True},
         )
         assert bar is not None and bar.tasks == []  # its task is gone once it has finished
     assert p.dtype == "bf16"
@@ -231,7 +237,7 @@ def test_run_folder_profile_uses_the_runs_model_and_weights(tmp_path) -> None:
     (run / "results.json").write_text(json.dumps({"num_classes": 6, "image_size": 20}))
     trained = timm.create_model("resnet_mini", num_classes=6, in_chans=1)
     save_checkpoint(run, 3, trained, {"epoch": 3})
-    p = profile_run(run, batch_size=2, train=False, **FAST)
+    p = profile_run(run, fast(batch_size=2, train=False), progress=False)
     assert p.model == "resnet_mini (run-a)" and p.architecture == "resnet_mini"
     assert p.weights is not None and p.weights.endswith("epoch-0003/model.safetensors")
     assert (p.num_classes, p.in_chans, p.image_size) == (6, 1, 20)
@@ -239,6 +245,7 @@ def test_run_folder_profile_uses_the_runs_model_and_weights(tmp_path) -> None:
     assert (p.cost.params_total, p.cost.params_trainable) == count_parameters(trained)
     assert p.cost.params_trainable < p.cost.params_total
     assert p.cost.macs == count_flops(trained, 20, in_chans=1).macs
-    assert profile_run(run, image_size=24, batch_size=2, train=False, **FAST).image_size == 24
+    again = profile_run(run, fast(image_size=24, batch_size=2, train=False), progress=False)
+    assert again.image_size == 24
     with pytest.raises(FileNotFoundError, match="not a run folder"):
         profile_run(tmp_path)

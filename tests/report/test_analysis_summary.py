@@ -69,13 +69,14 @@ def test_headlines_come_from_each_file(tmp_path: Path):
 
 
 def test_verdict_sentences_rank_the_models(tmp_path: Path):
+    # One sentence per analysis that ran, in the report's order of the analyses.
     lines = analysis_verdict(_study(tmp_path))
-    assert lines[0] == (
+    assert "<vit> 12.0 px at its first layer, 14.5 px at its last" in lines[0]
+    assert "cnn 80.0 % (its classifier head 90.0 %); <vit> 60.0 %" in lines[1]
+    assert lines[2] == (
         "Under 2 corruptions at 3 severities, <vit> keeps 70 % of its clean accuracy (49.0 % on "
         "average); cnn keeps 50 % of its clean accuracy (45.0 % on average)."
     )
-    assert "cnn 80.0 % (its classifier head 90.0 %); <vit> 60.0 %" in lines[1]
-    assert "<vit> 12.0 px at its first layer, 14.5 px at its last" in lines[2]
     assert not any("Shape bias" in line for line in lines)
     assert analysis_verdict(tmp_path / "empty") == []
 

@@ -13,10 +13,12 @@ import pytest
 from PIL import Image
 
 from cnnvit.report import write_report
-from cnnvit.report.sections import SECTIONS
+from cnnvit.report.sections import report_sections
 
 # A study without analyses: every section but the analyses', plus the list of those not run.
-SHOWN_WITHOUT_ANALYSES = [s for s in SECTIONS if s.shown is None or s.id == "analyses-not-run"]
+SHOWN_WITHOUT_ANALYSES = [
+    s for s in report_sections() if s.shown is None or s.id == "analyses-not-run"
+]
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 # Offline and quiet: no sandbox (CI runs as root), no GPU, nothing fetched in the background.

@@ -10,10 +10,12 @@ from rich.console import Console
 
 from cnnvit.report import print_summary, write_report
 from cnnvit.report.collect import load_study_data
-from cnnvit.report.sections import SECTIONS
+from cnnvit.report.sections import report_sections
 
 # A study without analyses: every section but the analyses', plus the list of those not run.
-SHOWN_WITHOUT_ANALYSES = [s for s in SECTIONS if s.shown is None or s.id == "analyses-not-run"]
+SHOWN_WITHOUT_ANALYSES = [
+    s for s in report_sections() if s.shown is None or s.id == "analyses-not-run"
+]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EVIL = "<script>alert(1)</script>"

@@ -3,6 +3,7 @@ skipping what is unchanged, and a failing analysis that costs nothing else."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -11,9 +12,11 @@ import pandas as pd
 import pytest
 import yaml
 
+from cnnvit.analyze import registry
+from cnnvit.analyze.registry import all_analyses
 from cnnvit.cli import main
-from cnnvit.study import analysis as study_analysis
-from cnnvit.study.config import ANALYSES
+
+ANALYSES = [a.name for a in all_analyses()]
 
 SYNTH = "synthetic:train_size=512,val_size=128,image_size=16"
 
@@ -118,10 +121,11 @@ def test_rerun_skips_unchanged_and_reruns_what_changed(analysed: Path, tmp_path:
 
 
 def test_failing_analysis_is_recorded_and_the_others_run(tmp_path: Path, monkeypatch):
-    def broken(study, inputs, folder):
+    def broken(inputs, options):
         raise RuntimeError("<b>out of memory</b>")
 
-    monkeypatch.setitem(study_analysis.RUNNERS, "gradcam", broken)
+    gradcam = dataclasses.replace(registry.get_analysis("gradcam"), compute=broken)
+    monkeypatch.setitem(registry._REGISTERED, "gradcam", gradcam)
     out = tmp_path / "out"
     study = _study(tmp_path / "s.yaml", ["gradcam", "knn"])
     assert _compare(study, out) == 0

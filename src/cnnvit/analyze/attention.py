@@ -15,29 +15,25 @@ whose attention has no ``attn_drop`` (a non-timm attention) is refused with a Va
 
 The same path serves plain ViTs, DeiT distilled (2 prefix tokens), register tokens and the
 cnnvit hybrids (the ``vit`` inside); the token grid and the prefix count always come from
-:func:`~cnnvit.analyze.layers.token_layout`.
+:func:`~cnnvit.analyze.layers.token_layout`. Numbers and pictures (arrays) only:
+:mod:`cnnvit.analyze.analyses.attention` draws the figures and writes the files.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import math
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-import matplotlib as mpl
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 from timm.layers import DropPath, FrozenBatchNormAct2d
 from timm.models.resnet import ResNet
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from cnnvit.analyze.files import file_stems
+from cnnvit.analyze.grids import model_view
 from cnnvit.analyze.hooks import LayerRecorder, preserved
 from cnnvit.analyze.images import ImageSet
 from cnnvit.analyze.layers import (
@@ -48,26 +44,26 @@ from cnnvit.analyze.layers import (
     vit_block_layers,
 )
 from cnnvit.analyze.subject import Subject
+from cnnvit.ui import progress_bar
 
 __all__ = [
-    "ATTENTION_JSON",
-    "DISTANCE_CSV",
-    "DISTANCE_PNG",
+    "BATCH_SIZE",
+    "MASS_FRACTION",
+    "AttentionRun",
+    "ReceptiveFields",
+    "VitAttention",
     "attention_modules",
     "attention_rollout",
     "attention_rollout_matrix",
+    "attention_run",
     "capture_attention",
     "class_token_maps",
     "mean_attention_distance",
     "patch_centres",
     "receptive_field_distance",
-    "run_attention",
     "theoretical_receptive_field",
 ]
 
-ATTENTION_JSON = "attention.json"
-DISTANCE_PNG = "attention_distance.png"
-DISTANCE_CSV = "attention_distance.csv"
 # Distances are averages: 256 images pin them to well under a pixel at a bounded cost.
 DISTANCE_IMAGES = 256
 # The effective receptive field needs one backward pass per stage; its gradient-mass average
@@ -482,68 +478,70 @@ def _geometry(module: nn.Module) -> tuple[int, int, int, int] | None:
     return k, s, p, d
 
 
-# --- the analysis -------------------------------------------------------------------------------
+# --- the analysis: every model's reach on the same images -------------------------------------
 
 
-def run_attention(
-    subjects: Sequence[Subject],
-    images: ImageSet,
-    out_dir: Path,
-    *,
-    num_images: int = 6,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Attention maps and rollout for each ViT/hybrid, mean attention distance for each ViT and
-    the effective receptive field per stage for each CNN, on one distance-against-depth plot.
+@dataclass
+class VitAttention:
+    """A ViT's (or hybrid's) attention: distances per block and head, and its grid's pictures."""
 
-    Writes to ``out_dir``: ``attention.json`` (the returned dict), ``attention_distance.png``,
-    ``attention_distance.csv`` and ``attention_<label>.png`` per ViT (rows: ``num_images``
-    images; columns: the input, each block's class-token map, the rollout). Distances use up to
-    256 images of ``images`` (a stratified subset).
-    """
-    from cnnvit.ui import progress_bar
+    kind: ClassVar[str] = "attention"
 
-    _check_inputs(subjects, images, num_images)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    grid: tuple[int, int]  # (rows, cols) of patches
+    num_prefix: int  # class / distillation / register tokens
+    patch: tuple[int, int]  # patch size in pixels of the transformer's input
+    layers: list[str]  # the transformer blocks, shallow to deep
+    distance: np.ndarray  # (L, heads) float64: mean attention distance, px of the input
+    uniform_distance: float  # what uniform attention over the patches would give, px
+    batch_size: int  # images per attention pass
+    inputs: np.ndarray  # (G, S, S, 3) float32 in [0, 1]: what the model sees of the grid
+    panels: np.ndarray  # (L + 1, G, S, S) in [0, 1]: each block's class-token map, the rollout
+    predicted: np.ndarray  # (G,) class indices
+
+
+@dataclass
+class ReceptiveFields:
+    """A CNN's effective receptive field per stage (:func:`receptive_field_distance`)."""
+
+    kind: ClassVar[str] = "receptive_field"
+
+    stages: list[dict[str, Any]]
+
+
+@dataclass
+class AttentionRun:
+    """Every model's reach, in subject order, and the images it was measured on."""
+
+    models: list[VitAttention | ReceptiveFields]
+    distance_images: int  # images of the attention distances
+    erf_images: int  # images of the effective receptive fields
+    grid_labels: np.ndarray  # (G,) classes of the grids' images
+
+
+def attention_run(
+    subjects: Sequence[Subject], images: ImageSet, *, num_images: int = 6, progress: bool = True
+) -> AttentionRun:
+    """Attention maps, rollout and mean attention distance for each ViT/hybrid, the effective
+    receptive field per stage for each CNN. Distances use up to :data:`DISTANCE_IMAGES` of
+    ``images`` (a stratified subset), receptive fields :data:`ERF_IMAGES` of those, the grids
+    ``num_images``."""
+    if len(images) == 0:
+        raise ValueError("the attention analysis needs at least one image")
+    if num_images < 1:
+        raise ValueError(f"num_images must be at least 1, got {num_images}")
     grid_set = images.subset(num_images)
     distance_set = images.subset(DISTANCE_IMAGES)
-    labels = [s.label for s in subjects]
-    files = dict(zip(labels, file_stems(labels), strict=True))
-    models = []
+    erf_set = distance_set.subset(ERF_IMAGES)
+    models: list[VitAttention | ReceptiveFields] = []
     with progress_bar(progress) as bar:
         for subject in subjects:
             if transformer_of(subject.model) is None:
-                erf_set = distance_set.subset(ERF_IMAGES)
                 advance = _advancer(bar, subject.label, len(erf_set))
-                models.append(_cnn_entry(subject, erf_set, advance))
+                models.append(ReceptiveFields(_stages(subject, erf_set, advance)))
             else:
                 advance = _advancer(bar, subject.label, len(distance_set) + len(grid_set))
-                name = f"attention_{files[subject.label]}.png"
-                models.append(_vit_entry(subject, distance_set, grid_set, out_dir / name, advance))
-    _save_figure(_distance_figure(models), out_dir / DISTANCE_PNG)
-    _write_csv(models, out_dir / DISTANCE_CSV)
-    result = {
-        "analysis": "attention",
-        "settings": {
-            "images": len(images),
-            "distance_images": len(distance_set),
-            "erf_images": min(ERF_IMAGES, len(distance_set)),
-            "grid_images": len(grid_set),
-            "batch_size": BATCH_SIZE,
-            "erf_mass_fraction": MASS_FRACTION,
-            "devices": {s.label: str(s.device) for s in subjects},
-            "dataset": images.name,
-        },
-        "models": models,
-        "figures": {
-            "distance": DISTANCE_PNG,
-            "grids": {m["label"]: m["figure"] for m in models if m.get("figure")},
-        },
-        "tables": {"distance": DISTANCE_CSV},
-    }
-    (out_dir / ATTENTION_JSON).write_text(json.dumps(result, indent=2) + "\n")
-    return result
+                models.append(_vit_attention(subject, distance_set, grid_set, advance))
+    return AttentionRun(models, len(distance_set), len(erf_set), grid_set.labels.numpy())
 
 
 def _advancer(bar: Any, label: str, images: int) -> Callable[[int], None]:
@@ -555,25 +553,9 @@ def _advancer(bar: Any, label: str, images: int) -> Callable[[int], None]:
     return lambda done: bar.advance(task, done)
 
 
-def _check_inputs(subjects: Sequence[Subject], images: ImageSet, num_images: int) -> None:
-    if not subjects:
-        raise ValueError("run_attention needs at least one model")
-    labels = [s.label for s in subjects]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"model labels must be unique, got {labels}; give each a label")
-    if len(images) == 0:
-        raise ValueError("run_attention needs at least one image")
-    if num_images < 1:
-        raise ValueError(f"num_images must be at least 1, got {num_images}")
-
-
-def _vit_entry(
-    subject: Subject,
-    distance_set: ImageSet,
-    grid_set: ImageSet,
-    figure: Path,
-    advance: Callable[[int], None],
-) -> dict[str, Any]:
+def _vit_attention(
+    subject: Subject, distance_set: ImageSet, grid_set: ImageSet, advance: Callable[[int], None]
+) -> VitAttention:
     layout = _layout(subject)
     size = subject.image_size
     total: np.ndarray | None = None
@@ -583,34 +565,25 @@ def _vit_entry(
         total = part * len(batch) if total is None else total + part * len(batch)
         advance(len(batch))
     assert total is not None
-    distance = total / len(distance_set)  # (L, heads)
     attentions = capture_attention(subject, grid_set.images)
-    maps = class_token_maps(attentions, layout)  # (L, B, rows, cols)
-    rollout = attention_rollout(attentions, layout)  # (B, rows, cols)
-    predicted = subject.logits(grid_set.images).argmax(1)
-    _save_figure(_grid_figure(subject, grid_set, predicted, maps, rollout), figure)
+    maps = class_token_maps(attentions, layout)  # (L, G, rows, cols)
+    rollout = attention_rollout(attentions, layout)  # (G, rows, cols)
+    panels = [_overlay_maps(m, size) for m in maps] + [_overlay_maps(rollout, size)]
+    predicted = subject.logits(grid_set.images).argmax(1).numpy()  # (G,)
     advance(len(grid_set))
-    layers = vit_block_layers(subject.model)  # blocks.i, or vit.blocks.i in a hybrid
-    depth = len(layers)
-    centres = patch_centres(layout, size)
-    return {
-        "label": subject.label,
-        "family": subject.family,
-        "kind": "attention",
-        "image_size": size,
-        "grid": list(layout.grid),
-        "num_prefix": layout.num_prefix,
-        "patch": list(layout.patch),
-        "layers": layers,
-        "relative_depth": [(i + 1) / depth for i in range(depth)],
-        "heads": int(distance.shape[1]),
-        "batch_size": batch_size,
-        "distance_px": distance.tolist(),
-        "mean_distance_px": distance.mean(1).tolist(),
-        "uniform_distance_px": float(torch.cdist(centres, centres).mean()),
-        "half_diagonal_px": size * math.sqrt(2) / 2,
-        "figure": figure.name,
-    }
+    centres = patch_centres(layout, size)  # (P, 2)
+    return VitAttention(
+        grid=layout.grid,
+        num_prefix=layout.num_prefix,
+        patch=layout.patch,
+        layers=vit_block_layers(subject.model),  # blocks.i, or vit.blocks.i in a hybrid
+        distance=total / len(distance_set),  # (L, heads)
+        uniform_distance=float(torch.cdist(centres, centres).mean()),
+        batch_size=batch_size,
+        inputs=model_view(subject, grid_set.images),  # (G, S, S, 3)
+        panels=np.stack(panels),  # (L + 1, G, S, S)
+        predicted=predicted,
+    )
 
 
 def _attention_batch_size(subject: Subject, layout: TokenLayout) -> int:
@@ -622,62 +595,12 @@ def _attention_batch_size(subject: Subject, layout: TokenLayout) -> int:
     return max(1, min(BATCH_SIZE, ATTENTION_BYTES // per_image))
 
 
-def _cnn_entry(
+def _stages(
     subject: Subject, erf_set: ImageSet, advance: Callable[[int], None]
-) -> dict[str, Any]:
+) -> list[dict[str, Any]]:
     stages = receptive_field_distance(subject, erf_set)
-    for i, stage in enumerate(stages):
-        stage["relative_depth"] = (i + 1) / len(stages)
     advance(len(erf_set))
-    return {
-        "label": subject.label,
-        "family": subject.family,
-        "kind": "receptive_field",
-        "image_size": subject.image_size,
-        "layers": [s["layer"] for s in stages],
-        "stages": stages,
-        "half_diagonal_px": subject.image_size * math.sqrt(2) / 2,
-        "figure": None,
-    }
-
-
-def _write_csv(models: list[dict[str, Any]], path: Path) -> None:
-    header = ["model", "kind", "layer", "relative_depth", "head", "distance_px", "radius90_px",
-              "theoretical_rf_px"]  # fmt: skip
-    rows = []
-    for m in models:
-        if m["kind"] == "attention":
-            for layer, depth, heads in zip(
-                m["layers"], m["relative_depth"], m["distance_px"], strict=True
-            ):
-                rows += [
-                    [m["label"], "attention", layer, depth, h, d, "", ""]
-                    for h, d in enumerate(heads)
-                ]
-        else:
-            for s in m["stages"]:
-                rf = "" if s["theoretical_rf_px"] is None else s["theoretical_rf_px"]
-                rows.append([m["label"], "receptive_field", s["layer"], s["relative_depth"], "",
-                             s["erf_distance_px"], s["erf_radius90_px"], rf])  # fmt: skip
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-
-
-# --- figures ------------------------------------------------------------------------------------
-
-
-def _save_figure(fig: Figure, path: Path) -> None:
-    from cnnvit.plotting import save_png
-
-    save_png(fig, path)
-
-
-def _style():
-    from cnnvit.plotting import STYLE
-
-    return mpl.rc_context(STYLE)
+    return stages
 
 
 def _overlay_maps(maps: torch.Tensor, size: int) -> np.ndarray:
@@ -686,84 +609,3 @@ def _overlay_maps(maps: torch.Tensor, size: int) -> np.ndarray:
     low = up.flatten(1).min(1).values.view(-1, 1, 1)
     high = up.flatten(1).max(1).values.view(-1, 1, 1)
     return ((up - low) / (high - low).clamp_min(1e-12)).numpy()  # (B, size, size)
-
-
-def _grid_figure(
-    subject: Subject,
-    images: ImageSet,
-    predicted: torch.Tensor,
-    maps: torch.Tensor,
-    rollout: torch.Tensor,
-) -> Figure:
-    """Rows: images; columns: the input (true class, prediction), each block's class-token map,
-    the rollout; maps overlaid on the input."""
-    from cnnvit.plotting import plain
-
-    size = subject.image_size
-    rgb = subject.unnormalize(subject.prepare(images.images)).permute(0, 2, 3, 1).cpu().numpy()
-    panels = [_overlay_maps(m, size) for m in maps] + [_overlay_maps(rollout, size)]
-    titles = [f"block {i + 1}" for i in range(len(maps))] + ["rollout"]
-    rows, cols = len(images), 1 + len(panels)
-    with _style():
-        fig = Figure(figsize=(1.35 * cols, 1.5 * rows + 0.5), layout="constrained")
-        axes = fig.subplots(rows, cols, squeeze=False)
-        for r in range(rows):
-            truth = images.classes[int(images.labels[r])]
-            guess = subject.classes[int(predicted[r])]
-            _show(axes[r, 0], rgb[r], None, "input" if r == 0 else "")
-            axes[r, 0].set_xlabel(plain(f"{truth}\n→ {guess}"), fontsize=7)
-            for c, panel in enumerate(panels, start=1):
-                _show(axes[r, c], rgb[r], panel[r], titles[c - 1] if r == 0 else "")
-        fig.suptitle(plain(f"{subject.label}: class-token attention per block and rollout"))
-    return fig
-
-
-def _show(ax, image: np.ndarray, heat: np.ndarray | None, title: str) -> None:
-    ax.imshow(image, interpolation="nearest")
-    if heat is not None:
-        ax.imshow(heat, cmap="inferno", alpha=0.6, vmin=0, vmax=1, interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.grid(False)
-    if title:
-        ax.set_title(title, fontsize=8)
-
-
-def _distance_figure(models: list[dict[str, Any]]) -> Figure:
-    """Mean attention distance per head (dots) and mean (line) against relative depth per ViT,
-    each CNN's effective receptive field distance per stage (squares, dashed), half the image
-    diagonal for scale."""
-    from cnnvit.plotting import model_colors, plain
-
-    colors = model_colors([m["label"] for m in models])
-    with _style():
-        fig = Figure(figsize=(7.0, 4.4), layout="constrained")
-        ax = fig.add_subplot()
-        for m in models:
-            color = colors[m["label"]]
-            if m["kind"] == "attention":
-                depth = np.asarray(m["relative_depth"])
-                heads = np.asarray(m["distance_px"])  # (L, heads)
-                for h in range(heads.shape[1]):
-                    ax.scatter(depth, heads[:, h], s=14, color=color, alpha=0.45, lw=0)
-                ax.plot(depth, heads.mean(1), "-o", color=color, ms=4,
-                        label=plain(f"{m['label']}: attention distance"))  # fmt: skip
-                ax.axhline(m["uniform_distance_px"], color=color, ls=":", lw=1,
-                           label=plain(f"{m['label']}: uniform attention"))  # fmt: skip
-            else:
-                depth = [s["relative_depth"] for s in m["stages"]]
-                erf = [s["erf_distance_px"] for s in m["stages"]]
-                ax.plot(depth, erf, "--s", color=color, ms=5,
-                        label=plain(f"{m['label']}: effective receptive field"))  # fmt: skip
-        for half in sorted({m["half_diagonal_px"] for m in models}):
-            ax.axhline(half, color="0.55", lw=1)
-            ax.annotate(f"half the image diagonal ({half:.1f} px)", (0.01, half),
-                        xycoords=("axes fraction", "data"), va="bottom", fontsize=8,
-                        color="0.4")  # fmt: skip
-        ax.set_xlim(0, 1.05)
-        ax.set_ylim(bottom=0)
-        ax.set_xlabel("relative depth (block or stage / number of them)")
-        ax.set_ylabel("mean distance (pixels of the model's input)")
-        ax.set_title("How far each layer looks")
-        ax.legend(fontsize=8, loc="lower right")
-    return fig

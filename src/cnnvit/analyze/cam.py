@@ -1,13 +1,14 @@
 """Grad-CAM at every depth: where each layer's evidence for a class lies in the image.
 
 The CAM methods are pytorch-grad-cam's (GradCAM, GradCAM++, ScoreCAM, EigenCAM, LayerCAM); this
-module only chooses the layers, feeds the batch and draws the grids. Layers: a CNN's stage
-outputs (timm ``feature_info``) or every residual block; a ViT's blocks, each hooked at its
-``norm1`` (the norm before attention: pytorch-grad-cam's documented choice, whose gradients are
-non-zero at every patch token, unlike the final norm, whose only gradient reaches the class
-token), the tokens laid out on the grid read from the model (:func:`token_layout`: any patch
-size, image size, class/distillation/register tokens). A hybrid gives its conv block, then
-every ViT block.
+module only chooses the layers, feeds the batch and overlays the maps on the images. Layers: a
+CNN's stage outputs (timm ``feature_info``) or every residual block; a ViT's blocks, each hooked
+at its ``norm1`` (the norm before attention: pytorch-grad-cam's documented choice, whose
+gradients are non-zero at every patch token, unlike the final norm, whose only gradient reaches
+the class token), the tokens laid out on the grid read from the model (:func:`token_layout`:
+any patch size, image size, class/distillation/register tokens). A hybrid gives its conv block,
+then every ViT block. Numbers and pictures (arrays) only: :mod:`cnnvit.analyze.analyses.gradcam`
+draws the figures and writes the files.
 
 All layers of a model come from ONE forward and backward pass (pytorch-grad-cam pairs each
 layer's activations and gradients in forward order); the maps are taken per layer instead of
@@ -17,26 +18,20 @@ averaged, by overriding ``aggregate_multi_layers`` only.
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
 import io
-import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-import matplotlib as mpl
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from cnnvit.analyze.featuremaps import grid_sample
-from cnnvit.analyze.files import file_stems
+from cnnvit.analyze.grids import grid_sample, model_view
 from cnnvit.analyze.hooks import LayerRecorder, named_module, preserved
 from cnnvit.analyze.images import ImageSet
 from cnnvit.analyze.layers import (
@@ -47,16 +42,24 @@ from cnnvit.analyze.layers import (
     transformer_of,
 )
 from cnnvit.analyze.subject import Subject
-from cnnvit.plotting import STYLE, Cell, model_colors, mosaic_figure, plain, save_png, shown_columns
+from cnnvit.ui import progress_bar
 
 __all__ = [
+    "BATCH_SIZE",
     "CAM_METHODS",
     "CamLayer",
     "CamResult",
-    "cam_figure",
+    "CamRun",
+    "GridCams",
+    "PredictionCams",
+    "cam_area",
     "cam_layers",
     "compute_cams",
-    "run_gradcam",
+    "grid_cams",
+    "input_pictures",
+    "method_class",
+    "overlay",
+    "prediction_cams",
 ]
 
 CAM_METHODS: dict[str, type] = {
@@ -69,7 +72,6 @@ CAM_METHODS: dict[str, type] = {
 TARGETS = ("label", "predicted")
 BATCH_SIZE = 16  # images per CAM pass: activations and gradients of every layer are kept
 SCORECAM_BATCH = 32  # masked copies of an image per ScoreCAM forward pass
-MAX_CAM_COLUMNS = 24  # depth columns in a grid (ResNet-50's 17 blocks all fit); more: evenly
 OVERLAY_WEIGHT = 0.5  # share of the input image in an overlay (the rest is the jet heatmap)
 
 
@@ -303,86 +305,72 @@ def cam_area(maps: np.ndarray) -> np.ndarray:
     return np.where(peak[..., 0, 0] > 0, area, np.nan)
 
 
-def relative_depth(count: int) -> list[float]:
-    """(i + 1) / L for L layers: the deepest is 1, whatever the model's depth."""
-    return [(i + 1) / count for i in range(count)]
+# --- the analysis: every model's CAMs of the same images ---------------------------------------
 
 
-def _mean_or_none(values: np.ndarray) -> float | None:
-    finite = values[np.isfinite(values)]
-    return float(finite.mean()) if finite.size else None
+@dataclass
+class GridCams:
+    """One model's CAMs of a grid's images at every depth, and the pictures its grid shows."""
+
+    layers: list[str]  # labels of the depths, shallow to deep
+    modules: list[str]  # the hooked modules
+    predicted: np.ndarray  # (N,) class indices
+    targets: np.ndarray  # (N,) the classes explained
+    areas: np.ndarray  # (L, N) float64: each map's cam_area, NaN for an empty map
+    inputs: np.ndarray  # (N, S, S, 3) float32 in [0, 1]: what the model sees
+    overlays: np.ndarray  # (L, N, S, S, 3) uint8: each layer's CAM over the input
+    seconds: float  # computing the CAMs
 
 
-def _std_or_none(values: np.ndarray) -> float | None:
-    finite = values[np.isfinite(values)]
-    return float(finite.std()) if finite.size else None
+@dataclass
+class CamRun:
+    """Every model's CAMs of the same stratified images."""
+
+    indices: np.ndarray  # (N,) the grid's images among those given
+    labels: np.ndarray  # (N,) their classes
+    models: list[GridCams]
 
 
-# --- the analysis --------------------------------------------------------------------------
-
-
-def run_gradcam(
+def grid_cams(
     subjects: Sequence[Subject],
     images: ImageSet,
-    out_dir: Path,
     *,
+    num_images: int = 8,
     method: str = "gradcam",
     layers: str | Sequence[str] = "stages",
-    num_images: int = 8,
     target: str = "label",
     progress: bool = True,
-) -> dict:
-    """CAMs of ``num_images`` images (stratified) at every depth of each subject: writes
-    ``gradcam.json``, ``gradcam_area.csv``, one grid ``gradcam_<model>.png`` per model and
-    ``gradcam_area.png`` (CAM area against relative depth); returns what the JSON holds."""
-    from cnnvit.ui import progress_bar
-
+) -> CamRun:
+    """CAMs of ``num_images`` stratified images of ``images`` at every depth of each subject,
+    in batches of :data:`BATCH_SIZE`, with each map's area and its overlay on the input."""
     method_class(method)
     if target not in TARGETS:
         raise ValueError(f"unknown CAM target {target!r}: use 'label' or 'predicted'")
-    _check_labels(subjects)
-    indices, sample, out_dir = grid_sample(images, num_images, out_dir)
-    stems = file_stems([s.label for s in subjects])
+    indices, sample = grid_sample(images, num_images)
     models = []
     with progress_bar(progress) as bar:
         task = None if bar is None else bar.add_task("grad-cam", total=len(subjects), rate="")
-        for subject, stem in zip(subjects, stems, strict=True):
+        for subject in subjects:
             start = time.perf_counter()
             result = _batched_cams(subject, sample, method, layers, target)
             seconds = time.perf_counter() - start
-            figure = f"gradcam_{stem}.png"
-            save_png(_grid_figure(subject, sample, result, method, target), out_dir / figure)
-            models.append(_model_entry(subject, sample, result, figure, seconds))
+            rgb = model_view(subject, sample.images)  # (N, S, S, 3)
+            pictures = [[overlay(rgb[r], m[r]) for r in range(len(rgb))] for m in result.maps]
+            models.append(
+                GridCams(
+                    layers=result.layers,
+                    modules=result.modules,
+                    predicted=result.predicted,
+                    targets=result.targets,
+                    areas=cam_area(result.maps),  # (L, N)
+                    inputs=rgb,
+                    overlays=np.asarray(pictures, dtype=np.uint8),  # (L, N, S, S, 3)
+                    seconds=seconds,
+                )
+            )
             if bar is not None:
                 bar.update(task, advance=1, rate=subject.label)
-    summary = {
-        "analysis": "gradcam",
-        "method": method,
-        "target": target,
-        "layers": layers if isinstance(layers, str) else list(layers),
-        "num_images": len(sample),
-        "batch_size": BATCH_SIZE,
-        "images": images.name,
-        "image_indices": [int(i) for i in indices],
-        "labels": [images.classes[int(k)] for k in sample.labels],
-        "cam_area": "fraction of a map's pixels at or above half its maximum, mean (and std) "
-        "over the images whose map is not empty",
-        "area_figure": "gradcam_area.png",
-        "area_table": "gradcam_area.csv",
-        "models": models,
-    }
-    save_png(area_figure(models), out_dir / "gradcam_area.png")
-    _write_area_csv(models, out_dir / "gradcam_area.csv")
-    (out_dir / "gradcam.json").write_text(json.dumps(summary, indent=2))
-    return summary
-
-
-def _check_labels(subjects: Sequence[Subject]) -> None:
-    if not subjects:
-        raise ValueError("no models to analyse: give at least one subject")
-    labels = [s.label for s in subjects]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"model labels must be unique, got {labels}; pass label= to tell apart")
+    return CamRun(indices, sample.labels.numpy(), models)
 
 
 def _batched_cams(
@@ -403,138 +391,42 @@ def _batched_cams(
     )
 
 
-def _model_entry(
-    subject: Subject, sample: ImageSet, result: CamResult, figure: str, seconds: float
-) -> dict:
-    areas = cam_area(result.maps)  # (L, N)
-    shown = shown_columns(len(result.layers), MAX_CAM_COLUMNS)
-    return {
-        "label": subject.label,
-        "family": subject.family,
-        "device": str(subject.device),
-        "image_size": subject.image_size,
-        "layers": result.layers,
-        "modules": result.modules,
-        "relative_depth": relative_depth(len(result.layers)),
-        "cam_area": [_mean_or_none(a) for a in areas],
-        "cam_area_std": [_std_or_none(a) for a in areas],
-        "empty_maps": [int(np.isnan(a).sum()) for a in areas],
-        "predicted": [subject.classes[int(k)] for k in result.predicted],
-        "explained": [subject.classes[int(k)] for k in result.targets],
-        "correct": int((result.predicted == sample.labels.numpy()).sum()),
-        "figure": figure,
-        "shown_layers": [result.layers[i] for i in shown],
-        "seconds": round(seconds, 3),
-    }
-
-
-def _write_area_csv(models: list[dict], path: Path) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(
-            ["model", "layer", "module", "relative_depth", "cam_area", "cam_area_std", "empty_maps"]
-        )
-        for m in models:
-            for row in zip(
-                m["layers"],
-                m["modules"],
-                m["relative_depth"],
-                m["cam_area"],
-                m["cam_area_std"],
-                m["empty_maps"],
-                strict=True,
-            ):
-                writer.writerow([m["label"], *("" if v is None else v for v in row)])
-
-
-# --- figures -------------------------------------------------------------------------------
-
-
-def _rgb(subject: Subject, images_uint8: torch.Tensor) -> np.ndarray:
-    """What the model sees, as [0, 1] RGB (B, S, S, 3) for overlays."""
-    with torch.no_grad():
-        rgb = subject.unnormalize(subject.prepare(images_uint8))  # (B, 3, S, S)
-    return rgb.permute(0, 2, 3, 1).float().cpu().numpy()
-
-
 def overlay(rgb: np.ndarray, cam: np.ndarray) -> np.ndarray:
-    """The CAM (S, S) in jet over the image (S, S, 3), pytorch-grad-cam's ``show_cam_on_image``."""
+    """The CAM (S, S) in jet over the image (S, S, 3), pytorch-grad-cam's ``show_cam_on_image``:
+    uint8 (S, S, 3)."""
     return show_cam_on_image(rgb.astype(np.float32), cam, use_rgb=True, image_weight=OVERLAY_WEIGHT)
 
 
-def _grid_figure(
-    subject: Subject, sample: ImageSet, result: CamResult, method: str, target: str
-) -> Figure:
-    """Rows: images; columns: the input (true -> predicted class, red when wrong), then the
-    CAM at each depth over the input."""
-    shown = shown_columns(len(result.layers), MAX_CAM_COLUMNS)
-    rgb = _rgb(subject, sample.images)  # (N, S, S, 3)
-    rows = []
-    for r in range(len(rgb)):
-        true, pred = int(sample.labels[r]), int(result.predicted[r])
-        color = "#a1261f" if true != pred else "black"
-        row = [Cell(rgb[r], f"{subject.classes[true]}\n→ {subject.classes[pred]}", color)]
-        for li in shown:
-            header = result.layers[li] if r == 0 else ""
-            row.append(Cell(overlay(rgb[r], result.maps[li, r]), header))
-        rows.append(row)
-    explained = "true class" if target == "label" else "predicted class"
-    hidden = len(result.layers) - len(shown)
-    more = f" ({len(shown)} of {len(result.layers)} layers shown)" if hidden else ""
-    return mosaic_figure(
-        rows, f"{subject.label}: {method} for the {explained}, shallow → deep{more}"
+# --- cnnvit classify --cam: each model's CAM for its own prediction ----------------------------
+
+
+@dataclass
+class PredictionCams:
+    """A model's CAM of each image at its last layer, for the class it predicts."""
+
+    predicted: np.ndarray  # (B,) class indices
+    confidence: np.ndarray  # (B,) softmax of the predicted class
+    overlays: np.ndarray  # (B, S, S, 3) uint8: the CAM over what the model sees
+
+
+def prediction_cams(
+    subject: Subject, images_uint8: torch.Tensor, *, method: str = "gradcam"
+) -> PredictionCams:
+    """CAMs of uint8 ``images_uint8`` (B, C, H, W) at the subject's last stage (a ViT's last
+    block), each for the class the model predicts, in one batch."""
+    cls = method_class(method)
+    last = cam_layers(subject.model, "stages")[-1:]
+    result = _cams(subject, images_uint8, cls, last, None)
+    rgb = model_view(subject, images_uint8)  # (B, S, S, 3)
+    pictures = [overlay(rgb[r], result.maps[0, r]) for r in range(len(rgb))]
+    return PredictionCams(
+        predicted=result.predicted,
+        confidence=result.confidence,
+        overlays=np.asarray(pictures, dtype=np.uint8),  # (B, S, S, 3)
     )
 
 
-def area_figure(models: list[dict]) -> Figure:
-    """CAM area against relative depth, one line per model (from the JSON entries)."""
-    colors = model_colors([m["label"] for m in models])
-    with mpl.rc_context(STYLE):
-        fig = Figure(figsize=(5.2, 3.4), layout="constrained")
-        ax = fig.add_subplot()
-        for m in models:
-            area = [np.nan if a is None else a for a in m["cam_area"]]
-            ax.plot(
-                m["relative_depth"],
-                area,
-                marker="o",
-                color=colors[m["label"]],
-                label=plain(f"{m['label']} ({m['family']})"),
-            )
-        ax.set_xlabel("relative depth (layer / number of layers)")
-        ax.set_ylabel("CAM area (≥ half max)")
-        ax.set_ylim(0, 1)
-        ax.set_xlim(0, 1.05)
-        ax.legend(fontsize=8)
-        ax.set_title("How spread the class evidence is at each depth")
-    return fig
-
-
-def cam_figure(subjects: Sequence[Subject], images: ImageSet, *, method: str = "gradcam") -> Figure:
-    """For ``cnnvit classify --cam``: rows = images, columns = the input, then each model's CAM
-    at its last layer for the class it predicts, titled with the prediction and confidence."""
-    cls = method_class(method)
-    _check_labels(subjects)
-    if len(images) == 0:
-        raise ValueError("no images to explain")
-    columns = []
-    for subject in subjects:
-        last = cam_layers(subject.model, "stages")[-1:]
-        result = _cams(subject, images.images, cls, last, None)
-        columns.append((subject, result, _rgb(subject, images.images)))
-    rows = []
-    for r in range(len(images)):
-        row = [Cell(_input_picture(images.images[r]), "input")]
-        for subject, result, rgb in columns:
-            pred = subject.classes[int(result.predicted[r])]
-            label = f"{subject.label}\n{pred} ({100 * result.confidence[r]:.0f} %)"
-            row.append(Cell(overlay(rgb[r], result.maps[0, r]), label))
-        rows.append(row)
-    title = f"{method} at each model's last layer, for its prediction"
-    return mosaic_figure(rows, title, cell_inches=1.9, fontsize=9)
-
-
-def _input_picture(image_uint8: torch.Tensor) -> np.ndarray:
-    """uint8 (C, H, W) -> (H, W, 3) for imshow, grey images repeated to RGB."""
-    picture = image_uint8.permute(1, 2, 0).numpy()
-    return np.repeat(picture, 3, axis=2) if picture.shape[2] == 1 else picture[..., :3]
+def input_pictures(images_uint8: torch.Tensor) -> np.ndarray:
+    """uint8 (B, C, H, W) -> uint8 (B, H, W, 3) for pictures, grey images repeated to RGB."""
+    pictures = images_uint8.permute(0, 2, 3, 1).numpy()  # (B, H, W, C)
+    return np.repeat(pictures, 3, axis=3) if pictures.shape[3] == 1 else pictures[..., :3]

@@ -37,12 +37,13 @@ images within a pair drawn at random, all from ``seed``.
 A model whose class names include the folder's classes answers among those classes; a model
 with the 1000 ImageNet classes is mapped to model-vs-human's 16 categories by averaging the
 softmax probabilities of each category's ImageNet indices (:data:`IMAGENET_16_CATEGORIES`).
+
+This module has the images and the numbers (:func:`cue_conflict_answers` runs the models); the
+analysis, its files and its report section are :mod:`cnnvit.analyze.analyses.shape_bias`.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import re
 import time
@@ -51,29 +52,29 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import matplotlib as mpl
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from scipy import ndimage
 
-from cnnvit.analyze.files import file_stems
 from cnnvit.analyze.hooks import preserved
 from cnnvit.analyze.images import ImageSet
 from cnnvit.analyze.subject import Subject
-from cnnvit.plotting import STYLE
+from cnnvit.ui import progress_bar
 
 __all__ = [
     "IMAGENET_16_CATEGORIES",
+    "CueConflictAnswers",
     "CueConflictSet",
+    "ModelAnswers",
     "aggregate_imagenet16",
     "compose",
+    "cue_conflict_answers",
     "foreground_mask",
     "make_cue_conflict",
     "otsu_threshold",
     "read_cue_conflict_folder",
-    "run_shape_bias",
     "set_predictions",
     "shape_bias",
     "texture_field",
@@ -124,7 +125,6 @@ _MASK_RANGE = (0.05, 0.95)
 _REDRAWS = 20
 _MIN_TILES = 8
 _BATCH = 256
-_TEXTURE_GRID_MAX = 24
 
 
 @dataclass
@@ -473,69 +473,73 @@ def _counts(pred: np.ndarray, shape: np.ndarray, texture: np.ndarray) -> dict:
     }
 
 
-# --- the analysis ----------------------------------------------------------------------------
+# --- every model's answers on one set -------------------------------------------------------
 
 
-def run_shape_bias(
+@dataclass
+class ModelAnswers:
+    """One model's answers on a cue-conflict set, and the measure on them."""
+
+    mapping: str  # "direct" (the set's classes are the model's) or "imagenet16"
+    predictions: np.ndarray  # (N,) int64: top-1 answers, indices into the set's classes
+    counts: dict[str, Any]  # :func:`shape_bias` of the answers: hits, shape bias, per class
+
+
+@dataclass
+class CueConflictAnswers:
+    """A cue-conflict set as arrays, where it came from, and each model's answers on it."""
+
+    images: np.ndarray  # (N, C, H, W) uint8
+    shape_labels: np.ndarray  # (N,) int64, indices into ``classes``
+    texture_labels: np.ndarray  # (N,) int64, indices into ``classes``
+    classes: list[str]
+    names: list[str]
+    source: dict[str, Any]  # source, folder, dataset; num_images and tile when generated
+    answers: list[ModelAnswers]  # one per subject, in order
+    batch_size: int
+    seed: int
+    seconds: float
+
+
+def cue_conflict_answers(
     subjects: Sequence[Subject],
     images: ImageSet | None,
-    out_dir: Path,
     *,
     folder: str | Path | None = None,
     num_images: int = 200,
     seed: int = 0,
     progress: bool = True,
-) -> dict:
-    """Shape bias of each model on the cue-conflict images of ``folder`` when given, otherwise
-    on a set generated from ``images`` (:func:`make_cue_conflict`).
-
-    Writes ``shape_bias.json`` (returned), ``shape_bias.csv`` (per model and shape class),
-    ``shape_bias.png`` (per model: overall and per shape class), ``cue_conflict_examples.png``
-    and, per model, ``texture_<label>.png``: the images it classified by texture.
-    """
-    from cnnvit.ui import progress_bar
-
-    if not subjects:
-        raise ValueError("run_shape_bias needs at least one subject")
-    labels = [s.label for s in subjects]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"subject labels must be unique, got {labels}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+) -> CueConflictAnswers:
+    """Each model's answers and shape bias on the cue-conflict images of ``folder`` when given,
+    otherwise on a set of ``num_images`` generated from ``images`` with ``seed``
+    (:func:`make_cue_conflict`). Every model is left as it was found."""
     start = time.perf_counter()
     cue_set, source = _cue_set(subjects, images, folder, num_images, seed)
-    files = {m: f"texture_{stem}.png" for m, stem in zip(labels, file_stems(labels), strict=True)}
-    models = []
+    answers = []
     with ExitStack() as stack, progress_bar(progress) as bar:
         task = bar.add_task("shape bias", total=len(subjects), rate="") if bar else None
         for subject in subjects:
             stack.enter_context(preserved(subject.model))
             subject.model.eval()
-            how, pred = set_predictions(subject, cue_set)
-            models.append(_model_entry(subject, how, pred, cue_set, files[subject.label]))
+            how, pred = set_predictions(subject, cue_set)  # pred: (N,)
+            counts = shape_bias(
+                pred, cue_set.shape_labels, cue_set.texture_labels, classes=cue_set.classes
+            )
+            answers.append(ModelAnswers(how, pred.numpy(), counts))
             if bar is not None:
                 bar.update(task, advance=1, rate=subject.label)
-    result = {
-        "analysis": "shape_bias",
-        "settings": {
-            **source,
-            "images": len(cue_set),
-            "conflicts": int((cue_set.shape_labels != cue_set.texture_labels).sum()),
-            "image_size": int(cue_set.images.shape[-1]),
-            "classes": cue_set.classes,
-            "seed": seed,
-            "batch_size": _BATCH,
-            "devices": {s.label: str(s.device) for s in subjects},
-        },
-        "models": [m for m, _ in models],
-        "figures": {"shape_bias": "shape_bias.png", "examples": "cue_conflict_examples.png"},
-        "table": "shape_bias.csv",
-        "seconds": None,
-    }
-    _write(result, cue_set, [p for _, p in models], out_dir)
-    result["seconds"] = round(time.perf_counter() - start, 3)
-    (out_dir / "shape_bias.json").write_text(json.dumps(_jsonable(result), indent=2))
-    return _jsonable(result)
+    return CueConflictAnswers(
+        images=cue_set.images.numpy(),  # (N, C, H, W)
+        shape_labels=cue_set.shape_labels.numpy(),  # (N,)
+        texture_labels=cue_set.texture_labels.numpy(),  # (N,)
+        classes=list(cue_set.classes),
+        names=list(cue_set.names),
+        source=source,
+        answers=answers,
+        batch_size=_BATCH,
+        seed=seed,
+        seconds=time.perf_counter() - start,
+    )
 
 
 def _cue_set(subjects, images, folder, num_images, seed) -> tuple[CueConflictSet, dict]:
@@ -545,7 +549,7 @@ def _cue_set(subjects, images, folder, num_images, seed) -> tuple[CueConflictSet
         return cue_set, {"source": "folder", "folder": str(folder), "dataset": None}
     if images is None:
         raise ValueError(
-            "run_shape_bias needs images to generate a cue-conflict set from, or a folder in "
+            "shape bias needs images to generate a cue-conflict set from, or a folder in "
             "model-vs-human's layout (folder=...)"
         )
     for s in subjects:
@@ -559,133 +563,3 @@ def _cue_set(subjects, images, folder, num_images, seed) -> tuple[CueConflictSet
         "tile": tile_side(int(images.images.shape[-1])),
     }
     return cue_set, settings
-
-
-def _model_entry(subject, how, pred, cue_set, figure: str) -> tuple[dict, dict]:
-    """The model's JSON entry, and what its texture-image grid needs."""
-    counts = shape_bias(pred, cue_set.shape_labels, cue_set.texture_labels, classes=cue_set.classes)
-    by_texture = (pred == cue_set.texture_labels) & (cue_set.shape_labels != cue_set.texture_labels)
-    chosen = torch.nonzero(by_texture).ravel()[:_TEXTURE_GRID_MAX]
-    entry = {
-        "label": subject.label,
-        "family": subject.family,
-        "mapping": how,
-        **counts,
-        "texture_figure": figure if len(chosen) else None,
-        "texture_images": [cue_set.names[i] for i in torch.nonzero(by_texture).ravel()],
-    }
-    return entry, {"label": subject.label, "indices": chosen.tolist(), "file": figure}
-
-
-def _jsonable(value):
-    """NaN -> None, recursively (JSON has no NaN)."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-# --- files -----------------------------------------------------------------------------------
-
-
-def _write(result: dict, cue_set: CueConflictSet, grids: list[dict], out_dir: Path) -> None:
-    from cnnvit.plotting import save_png
-
-    _write_csv(result, out_dir / "shape_bias.csv")
-    save_png(bias_figure(result), out_dir / "shape_bias.png")
-    save_png(examples_figure(cue_set), out_dir / "cue_conflict_examples.png")
-    for grid in grids:
-        if grid["indices"]:
-            title = f"{grid['label']}: images classified by texture"
-            save_png(image_grid(cue_set, grid["indices"], title), out_dir / grid["file"])
-
-
-def _write_csv(result: dict, path: Path) -> None:
-    columns = ["shape_hits", "texture_hits", "neither", "conflicts", "shape_bias"]
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["model", "shape_class", *columns])
-        for m in result["models"]:
-            rows = [("all", m), *m["per_class"].items()]
-            for name, counts in rows:
-                bias = counts["shape_bias"]
-                cells = [counts[c] for c in columns[:-1]]
-                writer.writerow([m["label"], name, *cells, "" if _nan(bias) else f"{bias:.6f}"])
-
-
-def _nan(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def bias_figure(result: dict) -> Figure:
-    """Shape bias from 0 (texture) to 1 (shape): a row for all images, then one per shape
-    class; a marker per model (Geirhos et al.'s layout)."""
-    with mpl.rc_context(STYLE):
-        return _bias_figure(result)
-
-
-def _bias_figure(result: dict) -> Figure:
-    from cnnvit.plotting import model_colors, plain
-
-    models = result["models"]
-    classes = [c for c in result["settings"]["classes"] if any(c in m["per_class"] for m in models)]
-    rows = ["all images", *classes]
-    colors = model_colors([m["label"] for m in models])
-    fig = Figure(figsize=(7.5, 1.0 + 0.32 * len(rows)), layout="constrained")
-    ax = fig.subplots()
-    offsets = np.linspace(-0.18, 0.18, len(models)) if len(models) > 1 else [0.0]
-    for m, dy in zip(models, offsets, strict=True):
-        values = [m["shape_bias"]] + [m["per_class"].get(c, {}).get("shape_bias") for c in classes]
-        for y, v in enumerate(values):
-            if _nan(v):
-                continue
-            big = y == 0
-            ax.scatter(
-                v,
-                y + dy,
-                s=70 if big else 26,
-                color=colors[m["label"]],
-                edgecolor="black" if big else "none",
-                zorder=3,
-                label=plain(m["label"]) if big else None,
-            )
-    ax.axhline(0.5, color="#888", lw=0.8)
-    ax.axvline(0.5, color="#bbb", lw=0.8, ls="--")
-    ax.set_yticks(range(len(rows)), [plain(r) for r in rows])
-    ax.set_ylim(len(rows) - 0.5, -0.5)
-    ax.set_xlim(-0.03, 1.03)
-    ax.set_xticks([0, 0.25, 0.5, 0.75, 1], ["0\ntexture", "0.25", "0.5", "0.75", "1\nshape"])
-    ax.set_xlabel("shape bias = shape hits / (shape + texture hits)")
-    if ax.get_legend_handles_labels()[0]:  # none when no model had a hit
-        fig.legend(loc="outside upper center", ncols=max(1, len(models)))
-    return fig
-
-
-def examples_figure(cue_set: CueConflictSet, count: int = 16) -> Figure:
-    """A sample of the set (the first ``count`` images), each titled shape / texture."""
-    return image_grid(cue_set, list(range(min(count, len(cue_set)))), "cue-conflict images")
-
-
-def image_grid(cue_set: CueConflictSet, indices: Sequence[int], title: str) -> Figure:
-    """The images at ``indices``, 8 a row, titled with their shape and texture classes."""
-    from cnnvit.plotting import plain
-
-    cols = min(8, max(1, len(indices)))
-    rows = max(1, math.ceil(len(indices) / cols))
-    with mpl.rc_context(STYLE):
-        fig = Figure(figsize=(1.45 * cols, 1.6 * rows + 0.4), layout="constrained")
-        axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
-        for ax in axes:
-            ax.set_axis_off()
-        for ax, i in zip(axes, indices, strict=False):
-            image = cue_set.images[i].numpy()  # (C, H, W)
-            shown = image[0] if image.shape[0] == 1 else np.transpose(image[:3], (1, 2, 0))
-            ax.imshow(shown, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-            shape = cue_set.classes[int(cue_set.shape_labels[i])]
-            texture = cue_set.classes[int(cue_set.texture_labels[i])]
-            ax.set_title(plain(f"shape {shape}\ntexture {texture}"), fontsize=7.5)
-        fig.suptitle(plain(title), fontsize=10)
-    return fig

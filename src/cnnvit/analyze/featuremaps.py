@@ -1,40 +1,35 @@
-"""CNN feature maps: what each convolution responds to, channel-averaged, as a grid.
+"""CNN feature maps: what each convolution responds to, channel-averaged.
 
 Every convolution's output is averaged over its channels inside the forward hook (so memory is
 one (B, h, w) map per layer, whatever the channel count), for a few images. A ViT has no
 convolution but its patch embedding, so it is listed as skipped; a hybrid shows its conv block.
-
-The image grids are :func:`cnnvit.plotting.mosaic_figure`, shared with the Grad-CAM grids: one image
-axes per figure, because a hundred matplotlib axes cost seconds to lay out on a small CPU.
+Numbers only: :mod:`cnnvit.analyze.analyses.featuremaps` draws the grids and writes the files.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-import matplotlib as mpl
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from torch import nn
 
-from cnnvit.analyze.files import file_stems
+from cnnvit.analyze.grids import grid_sample, model_view
 from cnnvit.analyze.hooks import LayerRecorder, named_module, preserved
-from cnnvit.analyze.images import ImageSet, stratified_indices
+from cnnvit.analyze.images import ImageSet
 from cnnvit.analyze.layers import conv_layers, resolve_layers, token_layout, transformer_of
 from cnnvit.analyze.subject import Subject
-from cnnvit.plotting import MAX_COLUMNS, Cell, mosaic_figure, save_png, shown_columns, wrap_name
+from cnnvit.ui import progress_bar
 
 __all__ = [
+    "FeatureMapRun",
     "FeatureMaps",
+    "ModelFeatureMaps",
     "feature_maps",
     "featuremap_layers",
-    "run_featuremaps",
-    "sample_indices",
+    "grid_feature_maps",
 ]
 
 
@@ -101,51 +96,45 @@ def featuremap_layers(model: nn.Module) -> list[str]:
     return [n for n in conv_layers(model) if named_module(model, n) is not patchify]
 
 
-# --- the analysis --------------------------------------------------------------------------
+# --- the grids' numbers ------------------------------------------------------------------
 
 
-def run_featuremaps(
-    subjects: Sequence[Subject],
-    images: ImageSet,
-    out_dir: Path,
-    *,
-    num_images: int = 4,
-    progress: bool = True,
-) -> dict:
-    """For each model with convolutions, a grid ``featuremaps_<model>.png`` (rows: images,
-    columns: the input then each convolution's channel-averaged map); ``featuremaps.json``
-    lists per model the layers, their (C, h, w) shapes and the figure, or why it was skipped."""
-    from cnnvit.ui import progress_bar
+@dataclass
+class ModelFeatureMaps:
+    """One model's feature maps of a grid's images, or why it has none (``skipped``)."""
 
-    if not subjects:
-        raise ValueError("no models to analyse: give at least one subject")
-    labels = [s.label for s in subjects]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"model labels must be unique, got {labels}; pass label= to tell apart")
-    indices, sample, out_dir = grid_sample(images, num_images, out_dir)
+    found: FeatureMaps | None  # None: nothing to show
+    skipped: str | None  # why not, where found is None
+    inputs: np.ndarray | None  # (N, S, S, 3) float32 in [0, 1]: what the model sees
+    seconds: float
+
+
+@dataclass
+class FeatureMapRun:
+    """Every model's feature maps of the same stratified images."""
+
+    indices: np.ndarray  # (N,) the grid's images among those given
+    labels: np.ndarray  # (N,) their classes
+    models: list[ModelFeatureMaps]
+
+
+def grid_feature_maps(
+    subjects: Sequence[Subject], images: ImageSet, *, num_images: int = 4, progress: bool = True
+) -> FeatureMapRun:
+    """Each model's channel-averaged output of every convolution worth showing
+    (:func:`featuremap_layers`) for ``num_images`` stratified images of ``images``."""
+    indices, sample = grid_sample(images, num_images)
     models = []
     with progress_bar(progress) as bar:
         task = None if bar is None else bar.add_task("feature maps", total=len(subjects), rate="")
-        for subject, stem in zip(subjects, file_stems(labels), strict=True):
-            models.append(_one_model(subject, sample, out_dir, f"featuremaps_{stem}.png"))
+        for subject in subjects:
+            models.append(_one_model(subject, sample))
             if bar is not None:
                 bar.update(task, advance=1, rate=subject.label)
-    summary = {
-        "analysis": "featuremaps",
-        "num_images": len(sample),
-        "batch_size": len(sample),
-        "images": images.name,
-        "image_indices": [int(i) for i in indices],
-        "labels": [images.classes[int(k)] for k in sample.labels],
-        "max_columns": MAX_COLUMNS,
-        "models": models,
-    }
-    (out_dir / "featuremaps.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return FeatureMapRun(indices, sample.labels.numpy(), models)
 
 
-def _one_model(subject: Subject, sample: ImageSet, out_dir: Path, figure: str) -> dict:
-    entry: dict = {"label": subject.label, "family": subject.family, "device": str(subject.device)}
+def _one_model(subject: Subject, sample: ImageSet) -> ModelFeatureMaps:
     layers = featuremap_layers(subject.model)
     if not layers:
         reason = (
@@ -153,65 +142,8 @@ def _one_model(subject: Subject, sample: ImageSet, out_dir: Path, figure: str) -
             if transformer_of(subject.model) is not None
             else "no convolutions"
         )
-        return {**entry, "skipped": reason}
+        return ModelFeatureMaps(None, reason, None, 0.0)
     start = time.perf_counter()
     found = feature_maps(subject, sample.images, layers=layers)
-    shown = shown_columns(len(layers))
-    save_png(_grid_figure(subject, sample, found, shown), out_dir / figure)
-    return {
-        **entry,
-        "image_size": subject.image_size,
-        "layers": found.layers,
-        "shapes": [list(s) for s in found.shapes],
-        "shown": [found.layers[i] for i in shown],
-        "figure": figure,
-        "seconds": round(time.perf_counter() - start, 3),
-    }
-
-
-def _grid_figure(
-    subject: Subject, sample: ImageSet, found: FeatureMaps, shown: list[int]
-) -> Figure:
-    with torch.no_grad():
-        rgb = subject.unnormalize(subject.prepare(sample.images))  # (N, 3, S, S)
-    rgb_np = rgb.permute(0, 2, 3, 1).float().cpu().numpy()  # (N, S, S, 3)
-    viridis = mpl.colormaps["viridis"]
-    rows = []
-    for r in range(len(sample)):
-        row = [Cell(rgb_np[r], subject.classes[int(sample.labels[r])])]
-        for i in shown:
-            _, h, w = found.shapes[i]
-            header = f"{wrap_name(found.layers[i])}\n{h}×{w}" if r == 0 else ""
-            row.append(Cell(viridis(_own_range(found.maps[i][r]))[..., :3], header))
-        rows.append(row)
-    hidden = len(found.layers) - len(shown)
-    more = f" ({len(shown)} of {len(found.layers)} convolutions shown)" if hidden else ""
-    title = f"{subject.label}: channel-mean activation after each convolution{more}"
-    return mosaic_figure(rows, title)
-
-
-def _own_range(m: np.ndarray) -> np.ndarray:
-    """A map scaled to [0, 1] over its own range (a constant map is 0)."""
-    low, high = float(m.min()), float(m.max())
-    return (m - low) / (high - low) if high > low else np.zeros_like(m)
-
-
-# --- shared helpers for image-grid analyses ------------------------------------------------
-
-
-def grid_sample(images: ImageSet, count: int, out_dir: Path) -> tuple[np.ndarray, ImageSet, Path]:
-    """The stratified images a grid shows (their indices and the subset), and ``out_dir``
-    created; no images is an error."""
-    if count < 1 or len(images) == 0:
-        raise ValueError(f"need at least one image (num_images={count}, {len(images)} given)")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    indices = sample_indices(images, count)
-    return indices, images.take(indices), out_dir
-
-
-def sample_indices(images: ImageSet, count: int) -> np.ndarray:
-    """Indices of at most ``count`` images, stratified by class (as ``ImageSet.subset``)."""
-    if count >= len(images):
-        return np.arange(len(images))
-    return stratified_indices(images.labels.numpy(), count, 0)
+    seconds = time.perf_counter() - start
+    return ModelFeatureMaps(found, None, model_view(subject, sample.images), seconds)

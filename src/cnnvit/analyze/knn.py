@@ -13,26 +13,35 @@ Scores per k: kNN classification accuracy (uniform majority vote of the k neighb
 going to the smallest class label, as scikit-learn's ``KNeighborsClassifier``) and recall@k
 (the share of queries with at least one same-class neighbour among the k nearest); the model's
 own head top-1 on the queries is the reference.
+
+Numbers only: :mod:`cnnvit.analyze.analyses.knn` turns them into ``knn.json``, its table, plot
+and report section.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 
 from cnnvit.analyze.hooks import preserved
 from cnnvit.analyze.images import ImageSet
 from cnnvit.analyze.subject import Subject
+from cnnvit.ui import progress_bar
 
-__all__ = ["DEFAULT_KS", "FAISS_MIN_INDEX", "embed", "knn_scores", "run_knn"]
+__all__ = [
+    "DEFAULT_KS",
+    "FAISS_MIN_INDEX",
+    "KnnRun",
+    "ModelScores",
+    "embed",
+    "knn_retrieval",
+    "knn_scores",
+]
 
 DEFAULT_KS = (1, 5, 20)
 # Below this, the chunked matrix product is as fast as FAISS's flat index and needs nothing.
@@ -53,8 +62,6 @@ def _features(
     subject: Subject, images: ImageSet, batch_size: int, progress: bool, *, with_logits: bool
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(pre-logits (N, D) float32, head predictions (N,) or None) from one pass over images."""
-    from cnnvit.ui import progress_bar
-
     model = subject.model
     if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
         raise ValueError(
@@ -162,8 +169,8 @@ def knn_scores(
 
     Returns ``{"ks", "accuracy": {k: float}, "recall": {k: float}, "predictions": {k: (Q,)
     int64}, "neighbors": (Q, max k) int64 index rows, most similar first, "search": "exact
-    matmul" | "faiss IndexFlatIP"}`` (the arrays are NumPy; :func:`run_knn` keeps only the
-    numbers). Votes are uniform; a tie goes to the smallest label, as scikit-learn's
+    matmul" | "faiss IndexFlatIP"}`` (the arrays are NumPy; :func:`knn_retrieval` keeps only
+    the numbers). Votes are uniform; a tie goes to the smallest label, as scikit-learn's
     ``KNeighborsClassifier(weights="uniform")``.
     """
     index_labels, query_labels = np.asarray(index_labels), np.asarray(query_labels)
@@ -211,59 +218,48 @@ def _majority(codes: torch.Tensor, num_classes: int, chunk: int) -> np.ndarray:
     return torch.cat(out).numpy() if out else np.zeros(0, np.int64)
 
 
-# --- the analysis: files -------------------------------------------------------------------
+# --- every model: embed, search, score --------------------------------------------------------
 
 
-def run_knn(
+@dataclass
+class ModelScores:
+    """One model's retrieval scores on the queries (k -> share of the queries)."""
+
+    dims: int  # width of the pre-logits features
+    head_top1: float | None  # None where the model's classes are not the queries'
+    search: str  # "exact matmul" or "faiss IndexFlatIP"
+    ks: list[int]  # sorted, distinct
+    accuracy: dict[int, float]
+    recall: dict[int, float]
+
+
+@dataclass
+class KnnRun:
+    """Every model's scores, in the order of the subjects, and how long they took."""
+
+    models: list[ModelScores]
+    seconds: float
+
+
+def knn_retrieval(
     subjects: Sequence[Subject],
     index: ImageSet,
     queries: ImageSet,
-    out_dir: Path,
     *,
     ks: Sequence[int] = DEFAULT_KS,
     batch_size: int = 256,
     progress: bool = True,
-) -> dict:
-    """Embed ``index`` (training images) and ``queries`` (validation images) with each model,
-    score kNN retrieval, and write ``knn.json``, ``knn.csv`` (one row per model and k) and
-    ``knn.png`` (accuracy and recall@k against k). Returns the JSON dict."""
-    if not subjects:
-        raise ValueError("run_knn needs at least one subject")
-    labels = [s.label for s in subjects]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"subject labels must be unique, got {labels}; pass label=... to each")
+) -> KnnRun:
+    """Embed ``index`` (training images) and ``queries`` (validation images) with each model
+    and score kNN retrieval of the queries against the index for each k."""
     if index.classes != queries.classes:
         raise ValueError(
             "index and queries must share their class names (the same dataset's train and "
             f"validation splits): {index.classes[:5]}... and {queries.classes[:5]}..."
         )
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     models = [_score_model(s, index, queries, ks, batch_size, progress) for s in subjects]
-    result = {
-        "analysis": "knn",
-        "settings": {
-            "ks": models[0]["ks"],
-            "metric": "cosine",
-            "vote": "uniform, ties to the smallest class (as scikit-learn)",
-            "features": "pre-logits (forward_head(..., pre_logits=True))",
-            "index": index.name,
-            "queries": queries.name,
-            "index_size": len(index),
-            "query_size": len(queries),
-            "batch_size": batch_size,
-            "devices": {s.label: str(s.device) for s in subjects},
-            "seconds": round(time.perf_counter() - start, 3),
-        },
-        "models": models,
-    }
-    (out_dir / "knn.json").write_text(json.dumps(result, indent=2))
-    pd.DataFrame(_csv_rows(result)).to_csv(out_dir / "knn.csv", index=False)
-    from cnnvit.plotting import save_png
-
-    save_png(knn_figure(result), out_dir / "knn.png")
-    return result
+    return KnnRun(models=models, seconds=time.perf_counter() - start)
 
 
 def _score_model(
@@ -273,7 +269,7 @@ def _score_model(
     ks: Sequence[int],
     batch_size: int,
     progress: bool,
-) -> dict:
+) -> ModelScores:
     index_feats = embed(subject, index, batch_size=batch_size, progress=progress)  # (N, D)
     query_feats, preds = _features(subject, queries, batch_size, progress, with_logits=True)
     scores = knn_scores(
@@ -288,69 +284,11 @@ def _score_model(
     # agree (a run folder's images always do).
     same = list(subject.classes) == list(queries.classes)
     head = float(np.mean(preds == queries.labels.numpy())) if same and len(preds) else None
-    return {
-        "label": subject.label,
-        "family": subject.family,
-        "dims": int(index_feats.shape[1]),
-        "head_top1": head,
-        "search": scores["search"],
-        "ks": scores["ks"],
-        "knn_accuracy": {str(k): scores["accuracy"][k] for k in scores["ks"]},
-        "recall_at_k": {str(k): scores["recall"][k] for k in scores["ks"]},
-    }
-
-
-def _csv_rows(result: dict) -> list[dict]:
-    settings = result["settings"]
-    return [
-        {
-            "model": m["label"],
-            "k": k,
-            "knn_accuracy": m["knn_accuracy"][str(k)],
-            "recall_at_k": m["recall_at_k"][str(k)],
-            "head_top1": m["head_top1"],
-            "dims": m["dims"],
-            "index_size": settings["index_size"],
-            "query_size": settings["query_size"],
-        }
-        for m in result["models"]
-        for k in m["ks"]
-    ]
-
-
-def knn_figure(result: dict) -> Figure:
-    """kNN accuracy (the head's top-1 dashed) and recall@k against k, one colour per model."""
-    import matplotlib as mpl
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
-
-    from cnnvit.plotting import STYLE, model_colors, plain
-
-    models = result["models"]
-    colors = model_colors([m["label"] for m in models])
-    with mpl.rc_context(STYLE):
-        fig = Figure(figsize=(9.0, 3.8), layout="constrained")
-        acc_ax, rec_ax = fig.subplots(1, 2)
-        for m in models:
-            ks, color = m["ks"], colors[m["label"]]
-            acc = [m["knn_accuracy"][str(k)] for k in ks]
-            rec = [m["recall_at_k"][str(k)] for k in ks]
-            acc_ax.plot(ks, acc, "o-", color=color, label=plain(m["label"]))
-            rec_ax.plot(ks, rec, "o-", color=color, label=plain(m["label"]))
-            if m["head_top1"] is not None:
-                acc_ax.axhline(m["head_top1"], color=color, ls="--", lw=1)
-        titles = {
-            acc_ax: "kNN accuracy (dashed: the head's top-1)",
-            rec_ax: "recall@k (same class among the k nearest)",
-        }
-        all_ks = sorted({k for m in models for k in m["ks"]})
-        for ax, title in titles.items():
-            ax.set_xscale("log")
-            ax.xaxis.set_major_locator(FixedLocator(all_ks))
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:g}"))
-            ax.xaxis.set_minor_locator(NullLocator())
-            # A fresh formatter per axis: matplotlib binds a formatter to its axis.
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: f"{100 * y:.4g}%"))
-            ax.set_xlabel("k (neighbours, cosine similarity)")
-            ax.set_title(title)
-        acc_ax.legend(loc="lower right")
-    return fig
+    return ModelScores(
+        dims=int(index_feats.shape[1]),
+        head_top1=head,
+        search=scores["search"],
+        ks=scores["ks"],
+        accuracy=scores["accuracy"],
+        recall=scores["recall"],
+    )

@@ -34,38 +34,40 @@ contrast blends towards the per-image grey mean (``adjust_contrast``) rather tha
 per-channel mean; pixelation shrinks with antialiased bilinear resizing (close to PIL's box
 filter) and enlarges with exact nearest-neighbour; JPEG round-trips through ``torchvision.io``
 on the CPU; rotation is bilinear with the uncovered corners filled black.
+
+Numbers only: :func:`measure_robustness` returns the accuracies (and the example images as
+arrays); :mod:`cnnvit.analyze.analyses.robustness` writes, draws and reports them.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from pathlib import Path
+from dataclasses import dataclass
 
-import matplotlib as mpl
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as F
-from matplotlib.figure import Figure
 from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 
 from cnnvit.analyze.hooks import preserved
 from cnnvit.analyze.images import ImageSet
 from cnnvit.analyze.subject import Subject
-from cnnvit.plotting import STYLE
+from cnnvit.ui import progress_bar
 
 __all__ = [
     "CORRUPTIONS",
     "PARAMETERS",
     "SEVERITIES",
+    "RobustnessRun",
     "blur_sigmas",
     "corrupt",
-    "run_robustness",
+    "corruption_examples",
+    "measure_robustness",
+    "parameters_at",
 ]
 
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -202,37 +204,55 @@ def _check_corruption(name: str) -> None:
         raise ValueError(f"unknown corruption {name!r}; choose from {', '.join(CORRUPTIONS)}")
 
 
-# --- the analysis --------------------------------------------------------------------------
+def parameters_at(names: Sequence[str], side: int) -> dict[str, list[float]]:
+    """Each corruption's severity 1..5 parameters as used on images of side ``side`` (blur's
+    sigmas scaled to it, see :func:`blur_sigmas`)."""
+    parameters = {name: list(PARAMETERS[name]) for name in names}
+    if "gaussian_blur" in parameters:
+        parameters["gaussian_blur"] = [round(v, 4) for v in blur_sigmas(side)]
+    return parameters
 
 
-def run_robustness(
+# --- accuracy under every corruption -------------------------------------------------------
+
+
+@dataclass
+class RobustnessRun:
+    """What :func:`measure_robustness` found: top-1 accuracies, and the example images."""
+
+    corruptions: list[str]
+    severities: list[int]  # sorted, without 0
+    # label -> {(corruption, severity): top-1 accuracy}; the clean images as ("clean", 0)
+    accuracy: dict[str, dict[tuple[str, int], float]]
+    num_images: int
+    image_size: int
+    parameters: dict[str, list[float]]  # see parameters_at
+    device: str  # where the images were corrupted
+    examples: np.ndarray  # (corruptions, 1 + severities, C, H, W) uint8: see corruption_examples
+    seconds: float  # the accuracies' time (not the examples')
+
+
+def measure_robustness(
     subjects: Sequence[Subject],
     images: ImageSet,
-    out_dir: Path,
     *,
     corruptions: Sequence[str] | None = None,
     severities: Sequence[int] = SEVERITIES,
     batch_size: int = 256,
     seed: int = 0,
     progress: bool = True,
-) -> dict:
-    """Top-1 accuracy of each model on ``images`` clean and under each corruption x severity.
-
-    Writes ``robustness.json`` (returned), ``robustness.csv`` (one row per model, corruption,
-    severity; the clean accuracy as corruption ``clean``, severity 0), ``robustness.png``
-    (accuracy against severity, a panel per corruption) and ``corruption_examples.png``.
-    """
-    from cnnvit.ui import progress_bar
-
+) -> RobustnessRun:
+    """Top-1 accuracy of each model on ``images`` clean and under each corruption (None: all)
+    x severity; each batch is corrupted once and every model sees the same pixels. The noise
+    generator is seeded with ``seed`` for each (corruption, severity)."""
     names = list(CORRUPTIONS) if corruptions is None else list(corruptions)
     sevs = sorted({int(s) for s in severities})
     _check_inputs(subjects, images, names, sevs, batch_size)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     device = _common_device(subjects)
     start = time.perf_counter()
-    correct = {s.label: {} for s in subjects}  # label -> {(corruption, severity): hits}
-    conditions = [("clean", 0)] + [(n, s) for n in names for s in sevs]
+    n = len(images)
+    accuracy: dict[str, dict[tuple[str, int], float]] = {s.label: {} for s in subjects}
+    conditions = [("clean", 0)] + [(name, sev) for name in names for sev in sevs]
     with ExitStack() as stack, torch.inference_mode(), progress_bar(progress) as bar:
         for subject in subjects:
             stack.enter_context(preserved(subject.model))
@@ -241,20 +261,29 @@ def run_robustness(
         for name, severity in conditions:
             hits = _condition_hits(subjects, images, name, severity, batch_size, seed, device)
             for label, count in hits.items():
-                correct[label][(name, severity)] = count
+                accuracy[label][(name, severity)] = count / n
             if bar is not None:
                 bar.update(task, advance=1, rate=f"{name} {severity}")
-    result = _result(subjects, images, names, sevs, correct, batch_size, seed, device)
-    result["seconds"] = round(time.perf_counter() - start, 3)
-    _write(result, images, names, sevs, out_dir, device, seed)
-    return result
+    seconds = time.perf_counter() - start
+    side = int(images.images.shape[-1])
+    return RobustnessRun(
+        corruptions=names,
+        severities=sevs,
+        accuracy=accuracy,
+        num_images=n,
+        image_size=side,
+        parameters=parameters_at(names, side),
+        device=str(device),
+        examples=corruption_examples(images, names, sevs, device, seed),
+        seconds=seconds,
+    )
 
 
 def _check_inputs(subjects, images: ImageSet, names, sevs, batch_size: int) -> None:
     if not subjects:
-        raise ValueError("run_robustness needs at least one subject")
+        raise ValueError("the robustness analysis needs at least one model")
     if len(images) == 0:
-        raise ValueError("run_robustness needs at least one image")
+        raise ValueError("the robustness analysis needs at least one image")
     if not names:
         raise ValueError(
             f"give at least one corruption ({', '.join(CORRUPTIONS)}), or None for all"
@@ -266,9 +295,6 @@ def _check_inputs(subjects, images: ImageSet, names, sevs, batch_size: int) -> N
         raise ValueError(f"severities must be in 1..5 (0, the clean image, is always run): {bad}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    labels = [s.label for s in subjects]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"subject labels must be unique, got {labels}")
     for s in subjects:
         if list(s.classes) != list(images.classes):
             raise ValueError(
@@ -307,146 +333,21 @@ def _condition_hits(
     return hits
 
 
-def _result(subjects, images: ImageSet, names, sevs, correct, batch_size, seed, device) -> dict:
-    n = len(images)
-    models = []
-    for s in subjects:
-        hits = correct[s.label]
-        clean = hits[("clean", 0)] / n
-        accuracy = {name: {str(sev): hits[(name, sev)] / n for sev in sevs} for name in names}
-        by_corruption = {name: float(np.mean(list(accuracy[name].values()))) for name in names}
-        mean = float(np.mean(list(by_corruption.values())))
-        models.append(
-            {
-                "label": s.label,
-                "family": s.family,
-                "clean_accuracy": clean,
-                "accuracy": accuracy,
-                "mean_by_corruption": by_corruption,
-                "mean_corruption_accuracy": mean,
-                # None when undefined: a model with no clean hits.
-                "relative_accuracy": mean / clean if clean > 0 else None,
-                "device": str(s.device),
-            }
-        )
-    side = int(images.images.shape[-1])
-    parameters = {name: list(PARAMETERS[name]) for name in names}
-    if "gaussian_blur" in parameters:
-        parameters["gaussian_blur"] = [round(v, 4) for v in blur_sigmas(side)]
-    return {
-        "analysis": "robustness",
-        "settings": {
-            "dataset": images.name,
-            "images": n,
-            "image_size": side,
-            "corruptions": names,
-            "severities": sevs,
-            "parameters": parameters,
-            "batch_size": batch_size,
-            "seed": seed,
-            "corruption_device": str(device),
-        },
-        "models": models,
-        "figures": {"accuracy": "robustness.png", "examples": "corruption_examples.png"},
-        "table": "robustness.csv",
-    }
-
-
-# --- files ---------------------------------------------------------------------------------
-
-
-def _write(result: dict, images: ImageSet, names, sevs, out_dir: Path, device, seed) -> None:
-    from cnnvit.plotting import save_png
-
-    (out_dir / "robustness.json").write_text(json.dumps(result, indent=2, allow_nan=False))
-    _write_csv(result, out_dir / "robustness.csv")
-    save_png(accuracy_figure(result), out_dir / "robustness.png")
-    save_png(
-        examples_figure(images, names, sevs, device, seed), out_dir / "corruption_examples.png"
-    )
-
-
-def _write_csv(result: dict, path: Path) -> None:
-    n = result["settings"]["images"]
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["model", "corruption", "severity", "accuracy", "correct", "images"])
-        for m in result["models"]:
-            rows = [("clean", 0, m["clean_accuracy"])]
-            rows += [
-                (name, int(sev), acc)
-                for name, by_sev in m["accuracy"].items()
-                for sev, acc in by_sev.items()
-            ]
-            for name, sev, acc in rows:
-                writer.writerow([m["label"], name, sev, f"{acc:.6f}", round(acc * n), n])
-
-
-def accuracy_figure(result: dict) -> Figure:
-    """A panel per corruption: accuracy against severity (0 = clean), a line per model."""
-    names = result["settings"]["corruptions"]
-    sevs = result["settings"]["severities"]
-    with mpl.rc_context(STYLE):
-        return _accuracy_figure(result, names, sevs)
-
-
-def _accuracy_figure(result: dict, names: list[str], sevs: list[int]) -> Figure:
-    from cnnvit.plotting import model_colors, plain
-
-    colors = model_colors([m["label"] for m in result["models"]])
-    cols = min(4, max(1, len(names)))
-    rows = max(1, math.ceil(len(names) / cols))
-    fig = Figure(figsize=(3.2 * cols, 2.7 * rows + 0.6), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(rows, cols, sharey=True, squeeze=False)).ravel()
-    for ax, name in zip(axes, names, strict=False):
-        for m in result["models"]:
-            ys = [m["clean_accuracy"]] + [m["accuracy"][name][str(s)] for s in sevs]
-            ax.plot([0, *sevs], ys, marker="o", ms=3.5, color=colors[m["label"]])
-        ax.set_title(name.replace("_", " "))
-        ax.set_xticks([0, *sevs])
-        ax.set_ylim(0, 1.02)
-        ax.grid(True, alpha=0.3)
-    for ax in axes[len(names) :]:
-        ax.set_visible(False)
-    for ax in axes[::cols]:
-        ax.set_ylabel("top-1 accuracy")
-    for ax in axes[-cols:]:
-        ax.set_xlabel("severity (0 = clean)")
-    handles = [_legend_line(colors[m["label"]], plain(m["label"])) for m in result["models"]]
-    fig.legend(handles=handles, loc="outside upper center", ncols=max(1, len(handles)))
-    return fig
-
-
-def _legend_line(color: str, label: str):
-    from matplotlib.lines import Line2D
-
-    return Line2D([], [], color=color, marker="o", ms=3.5, label=label)
-
-
-def examples_figure(
-    images: ImageSet, names: Sequence[str], sevs: Sequence[int], device, seed: int
-) -> Figure:
-    """The set's first image under each corruption (rows) at severity 0..5 (columns)."""
+def corruption_examples(
+    images: ImageSet,
+    names: Sequence[str],
+    sevs: Sequence[int],
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> np.ndarray:
+    """The set's first image under each corruption at severity 0 (clean) and each of ``sevs``:
+    uint8 (len(names), 1 + len(sevs), C, H, W), each drawn with a generator seeded ``seed``."""
     x = images.images[:1].to(device)  # (1, C, H, W)
-    columns = [0, *sevs]
-    fig = Figure(figsize=(1.3 * len(columns) + 1.2, 1.35 * len(names) + 0.4), layout="constrained")
-    axes = fig.subplots(len(names), len(columns), squeeze=False)
-    for r, name in enumerate(names):
-        for c, severity in enumerate(columns):
+    rows = []
+    for name in names:
+        row = []
+        for severity in [0, *sevs]:
             generator = torch.Generator(device=device).manual_seed(seed)
-            shown = corrupt(x, name, severity, generator=generator)[0].cpu()  # (C, H, W)
-            ax = axes[r, c]
-            ax.imshow(_display(shown), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(f"severity {severity}" if severity else "clean", fontsize=9)
-            if c == 0:
-                ax.set_ylabel(name.replace("_", " "), fontsize=9)
-    return fig
-
-
-def _display(image: torch.Tensor) -> np.ndarray:
-    """uint8 (C, H, W) -> (H, W) grey or (H, W, 3) RGB for imshow."""
-    array = image.numpy()
-    return array[0] if array.shape[0] == 1 else np.transpose(array[:3], (1, 2, 0))
+            row.append(corrupt(x, name, severity, generator=generator)[0].cpu())  # (C, H, W)
+        rows.append(torch.stack(row))  # (1 + S, C, H, W)
+    return torch.stack(rows).numpy()  # (K, 1 + S, C, H, W)

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cnnvit.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
     """Bad data input (wrong path, empty folder, unknown class); the message says how to fix it."""
 
 

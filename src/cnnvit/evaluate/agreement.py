@@ -27,6 +27,7 @@ from scipy.stats import binomtest
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import cohen_kappa_score
 
+from cnnvit.errors import UserError
 from cnnvit.folders import json_ready
 from cnnvit.formatting import pct
 from cnnvit.plotting import plain
@@ -47,7 +48,7 @@ PER_CLASS_COLUMNS = [
 ]
 
 
-class AgreementError(ValueError):
+class AgreementError(UserError, ValueError):
     """Two prediction sets or runs that cannot be compared; the message says why."""
 
 

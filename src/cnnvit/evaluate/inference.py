@@ -39,7 +39,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
-from cnnvit.config import RuntimeConfig
+from cnnvit.config import InferenceConfig
 from cnnvit.data.decode import ImageDecodeError, decode_rgb
 from cnnvit.data.types import DataError, FileSource, SkippedFile, Source
 from cnnvit.metrics import write_evaluation
@@ -226,12 +226,8 @@ def evaluate_models(
     source: Source,
     classes: list[str],
     out_dir: Path,
+    settings: InferenceConfig | None = None,
     *,
-    batch_size: int = 64,
-    num_workers: int = 2,
-    device: str = "auto",
-    precision: str = "auto",
-    channels_last: str = "auto",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate every model on every image of ``source`` in one pass; write the results.
@@ -250,10 +246,10 @@ def evaluate_models(
                 f"{m.label} has {m.model.num_classes} classes but the dataset has {len(classes)}; "
                 "evaluate it on data with its own classes (ImageNet models: imagenet-val:PATH)"
             )
-    runtime = resolve_runtime(
-        RuntimeConfig(device=device, precision=precision, channels_last=channels_last)
-    )
+    settings = settings or InferenceConfig()
+    runtime = resolve_runtime(settings)
     dev, use_channels_last = runtime.device, runtime.channels_last
+    batch_size, num_workers = settings.batch_size, settings.num_workers
     views = sorted({m.preprocess for m in models}, key=repr)  # distinct crops, cut once each
     view_of = {m.label: views.index(m.preprocess) for m in models}
     for m in models:

@@ -18,6 +18,7 @@ import torch
 from huggingface_hub import constants, try_to_load_from_cache
 from timm.models import get_pretrained_cfg
 
+from cnnvit.errors import UserError
 from cnnvit.net import offline_reason, unreachable
 
 __all__ = [
@@ -34,7 +35,7 @@ _HUB_PROBE_TIMEOUT_S = 3.0
 WEIGHTS_HINT = "pass a local file instead (config: `model.weights: path/to/model.safetensors`)"
 
 
-class ModelError(ValueError):
+class ModelError(UserError, ValueError):
     """A model cannot be created or loaded as asked; the message says what to do instead."""
 
 

@@ -16,7 +16,7 @@ cnnvit's checkpoints store them), in bytes and MB (10**6 bytes).
 from __future__ import annotations
 
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,22 +25,15 @@ from safetensors.torch import save_file
 from torch.utils.flop_counter import FlopCounterMode
 
 from cnnvit.models.surgery import count_parameters
+from cnnvit.profile.record import Cost
 from cnnvit.train.checkpoint import model_state
 
 __all__ = [
-    "FLOP_COUNTER_NOTE",
-    "Cost",
     "FlopCount",
     "count_flops",
     "measure_cost",
     "save_weights",
 ]
-
-FLOP_COUNTER_NOTE = (
-    "torch.utils.flop_counter.FlopCounterMode, batch 1, eval mode: convolutions, matrix "
-    "products and attention counted (2 FLOPs per multiply-add, MACs = FLOPs / 2); "
-    "normalisation, activations, softmax, pooling and additions not counted"
-)
 
 
 @dataclass(frozen=True)
@@ -53,44 +46,6 @@ class FlopCount:
     @property
     def macs(self) -> int:
         return self.flops // 2
-
-
-@dataclass(frozen=True)
-class Cost:
-    params_total: int
-    params_trainable: int
-    disk_bytes: int  # safetensors file of the state dict
-    image_size: int
-    in_chans: int
-    flops: int  # forward, one image
-    macs: int  # flops / 2 (every counted op is a multiply-add)
-    flops_by_op: dict[str, int]
-
-    @property
-    def disk_mb(self) -> float:
-        return self.disk_bytes / 1e6
-
-    @property
-    def gmacs(self) -> float:
-        return self.macs / 1e9
-
-    @property
-    def gflops(self) -> float:
-        return self.flops / 1e9
-
-    def to_dict(self) -> dict:
-        return {
-            **asdict(self),
-            "disk_mb": self.disk_mb,
-            "gmacs": self.gmacs,
-            "gflops": self.gflops,
-            "counted_ops": sorted(self.flops_by_op),
-            "flop_counter": FLOP_COUNTER_NOTE,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Cost:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
 
 def count_flops(

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
-from cnnvit.profile.profiler import ModelProfile, SizePoint
+from cnnvit.profile.record import ModelProfile, SizePoint
 
 __all__ = ["sweep_figure"]
 

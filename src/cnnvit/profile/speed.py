@@ -15,20 +15,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TypeVar
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cnnvit.profile.record import MemoryPeak, Spread
 from cnnvit.runtime import Clock, PeakMemory, Runtime, release_cached_memory
 
 __all__ = [
-    "MemoryPeak",
     "RepeatPlan",
-    "Spread",
     "Timing",
     "measure_latency",
     "measure_memory",
@@ -72,57 +70,6 @@ class RepeatPlan:
 
 
 @dataclass(frozen=True)
-class Spread:
-    """Summary of repeated measurements (same unit as the values)."""
-
-    median: float
-    p95: float
-    q1: float
-    q3: float
-    mean: float
-    std: float  # sample standard deviation (0 for one value)
-    min: float
-    max: float
-    n: int
-
-    @property
-    def iqr(self) -> float:
-        return self.q3 - self.q1
-
-    @classmethod
-    def of(cls, values: list[float] | np.ndarray) -> Spread:
-        v = np.asarray(values, dtype=float)
-        if v.size == 0:
-            raise ValueError("no values to summarise")
-        q1, median, q3, p95 = np.percentile(v, [25, 50, 75, 95])
-        return cls(
-            median=float(median),
-            p95=float(p95),
-            q1=float(q1),
-            q3=float(q3),
-            mean=float(v.mean()),
-            std=float(v.std(ddof=1)) if v.size > 1 else 0.0,
-            min=float(v.min()),
-            max=float(v.max()),
-            n=int(v.size),
-        )
-
-    def scaled(self, factor: float) -> Spread:
-        """The same summary in another unit (``factor`` > 0): seconds -> ms is 1000."""
-        if factor <= 0:
-            raise ValueError("factor must be > 0")
-        d = asdict(self)
-        return Spread(**{k: (v if k == "n" else v * factor) for k, v in d.items()})
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "iqr": self.iqr}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Spread:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
-
-
-@dataclass(frozen=True)
 class Timing:
     """Seconds per call: the timed repeats and the warm-up calls before them."""
 
@@ -157,24 +104,6 @@ def time_repeats(step: Callable[[], object], clock: Clock, plan: RepeatPlan) -> 
 
 
 # --- memory -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MemoryPeak:
-    """Peak memory of one measured interval, MiB (2**20 bytes)."""
-
-    peak_mib: float  # CUDA: max allocated; CPU: peak resident set of the process
-    increase_mib: float  # the peak above what was in use when the interval began
-    reserved_mib: float | None  # CUDA: max reserved by the caching allocator; CPU: None
-    source: str  # what was read
-    resettable: bool  # False: a CPU peak since process start (no /proc/self/clear_refs)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> MemoryPeak:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
 
 def measure_memory(device: torch.device, work: Callable[[], T]) -> tuple[T, MemoryPeak]:

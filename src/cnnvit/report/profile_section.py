@@ -14,22 +14,21 @@ from typing import TYPE_CHECKING
 import pandas as pd
 from matplotlib.figure import Figure
 
+from cnnvit.folders import RunFolder
 from cnnvit.markup import img, join, note, table
-from cnnvit.profile import ModelProfile, profile_rows
 from cnnvit.profile.plot import sweep_figure
+from cnnvit.profile.record import ModelProfile, profile_rows
 from cnnvit.report.collect import StudyData
 
 if TYPE_CHECKING:
     from cnnvit.report.sections import ReportContext
-
-PROFILE = "profile.json"
 
 
 def study_profiles(data: StudyData) -> list[ModelProfile]:
     """One profile per model, in study order: from the model's first cell that has one."""
     found: dict[str, ModelProfile] = {}
     for cell in data.info.cells:
-        path = cell.run_dir / PROFILE
+        path = RunFolder(cell.run_dir).profile
         if cell.model in found or not path.is_file():
             continue
         try:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -37,6 +38,7 @@ from cnnvit.config import (
     DataConfig,
     FreezeConfig,
     OptimConfig,
+    ProfileConfig,
     RunConfig,
     StrictModel,
     TrainConfig,
@@ -87,17 +89,16 @@ class Grid(StrictModel):
     trainable_blocks: list[int | None] = Field(default_factory=lambda: [None])
 
 
-class StudyProfile(StrictModel):
+class StudyProfile(ProfileConfig):
     """The efficiency profile each model gets once its cells have trained (``cnnvit profile``
-    at the study's image size, plus an image-size sweep for the report's cost plot)."""
+    at the study's image size, plus an image-size sweep for the report's cost plot); the device
+    is the cells' own unless this names one."""
 
     enabled: bool = True
-    batch_size: int = Field(32, gt=0, description="for throughput and the training step")
-    sizes: list[int] = Field(
+    sizes: list[int] | None = Field(
         default_factory=lambda: [32, 64, 128, 224],
         description="image sizes of the sweep (MACs, batch-1 latency, memory); [] = none",
     )
-    train: bool = Field(True, description="also time a training step")
 
 
 class AnalysisSettings(StrictModel):
@@ -341,15 +342,25 @@ def default_study_path(cuda: bool) -> Path:
 
 
 def load_study(
-    path: Path | None, overrides: list[str] | None = None, *, cuda: bool = False
+    path: Path | None,
+    overrides: list[str] | None = None,
+    *,
+    values: Mapping[str, Any] | None = None,
+    cuda: bool = False,
 ) -> StudyConfig:
-    """A study from YAML (or the default), with ``--set`` overrides, validated."""
+    """A study from YAML (or the default), updated by ``values`` (nested, typed) and ``--set``
+    overrides, validated."""
     data = load_yaml(path if path is not None else default_study_path(cuda))
-    return validate_config(StudyConfig, apply_overrides(data, overrides or []))
+    data = apply_overrides(deep_merge(data, values or {}), overrides or [])
+    return validate_config(StudyConfig, data)
 
 
 def load_studies(
-    path: Path | None, overrides: list[str] | None = None, *, cuda: bool = False
+    path: Path | None,
+    overrides: list[str] | None = None,
+    *,
+    values: Mapping[str, Any] | None = None,
+    cuda: bool = False,
 ) -> list[StudyConfig]:
     """Every study in a YAML file, with ``--set`` overrides applied to each.
 
@@ -358,12 +369,13 @@ def load_studies(
     changes (a distinct ``name`` at least), merged over the first; lists are replaced whole.
     """
     if path is None:
-        return [load_study(None, overrides, cuda=cuda)]
+        return [load_study(None, overrides, values=values, cuda=cuda)]
     first, *changes = load_yaml_documents(path)
     studies = []
     for number, change in enumerate([{}, *changes], start=1):
         try:
-            data = apply_overrides(deep_merge(first, change), overrides or [])
+            study = deep_merge(deep_merge(first, change), values or {})
+            data = apply_overrides(study, overrides or [])
             studies.append(validate_config(StudyConfig, data))
         except ConfigError as err:
             where = f"{path}, document {number}" if changes else str(path)

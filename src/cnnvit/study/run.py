@@ -15,10 +15,11 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from cnnvit.config import ProfileConfig
 from cnnvit.folders import FINAL, RunFolder, RunFolderError, StudyFolder, write_text
 from cnnvit.profile.profiler import profile_run
 from cnnvit.study.analysis import run_analyses
-from cnnvit.study.config import Cell, StudyConfig, cells
+from cnnvit.study.config import Cell, StudyConfig, StudyProfile, cells
 from cnnvit.study.disagreements import save_disagreement_images
 from cnnvit.train.run import resume, train
 from cnnvit.ui import console, progress_bar
@@ -74,13 +75,7 @@ def profile_models(study: StudyConfig, grid: list[Cell], *, progress: bool = Tru
             console.print(f"profiling {cell.model} on {cell.id}")
             try:
                 profile = profile_run(
-                    run.path,
-                    batch_size=settings.batch_size,
-                    sizes=settings.sizes or None,
-                    train=settings.train,
-                    device=cell.config.train.device,
-                    label=cell.model,
-                    progress=progress,
+                    run.path, _profile_config(settings, cell), label=cell.model, progress=progress
                 )
             except Exception as err:  # a profile must not cost the study its results
                 console.print(f"[red]profiling {cell.model} failed:[/] {type(err).__name__}: {err}")
@@ -89,6 +84,15 @@ def profile_models(study: StudyConfig, grid: list[Cell], *, progress: bool = Tru
             measured[cell.model] = json.dumps(profile.to_dict(), indent=2)
         if measured[cell.model]:
             write_text(run.profile, measured[cell.model])
+
+
+def _profile_config(settings: StudyProfile, cell: Cell) -> ProfileConfig:
+    """The study's profile settings, on the cell's own device unless they name one."""
+    values = settings.model_dump(exclude={"enabled"})
+    if settings.device == "auto":
+        values["device"] = cell.config.train.device
+    values["sizes"] = settings.sizes or None  # [] = no sweep
+    return ProfileConfig(**values)
 
 
 def run_cell(cell: Cell) -> CellOutcome:

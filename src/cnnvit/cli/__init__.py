@@ -1,0 +1,51 @@
+"""The ``cnnvit`` command: parse arguments, call one library function per verb, report errors.
+
+The flags come from the typed configs (:mod:`cnnvit.cli.options`), the analysis verbs from the
+analysis registry. Bad input (:class:`cnnvit.errors.UserError`, a missing file) ends in one line
+on stderr and exit status 2; an interruption in 130, with everything finished kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Callable
+
+from cnnvit.cli import analyses, listing, runs, studies
+from cnnvit.errors import UserError
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cnnvit", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    runs.add_commands(sub)  # train, evaluate, classify, profile, agree
+    analyses.add_commands(sub)  # explain, similarity, knn, shape-bias, robustness, ...
+    studies.add_commands(sub)  # compare, report
+    listing.add_commands(sub)  # models, recipes, datasets
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["cnnvit", *argv])
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except (UserError, FileNotFoundError) as err:
+        print(f"cnnvit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "interrupted; every finished epoch is checkpointed: run the same `cnnvit compare` "
+            "again, or `cnnvit train --resume DIR`, to continue",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
