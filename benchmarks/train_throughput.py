@@ -41,7 +41,7 @@ from cnnvit.data.pipeline import load_splits, normalization
 from cnnvit.data.types import ArraySource
 from cnnvit.models import create_model
 from cnnvit.runtime import Runtime, device_name, resolve_runtime
-from cnnvit.train.loop import make_loss, train_one_epoch
+from cnnvit.train.loop import TrainingStep, make_loss, train_one_epoch
 from cnnvit.train.optim import build_optimizer, build_scheduler
 
 
@@ -95,17 +95,8 @@ def cnnvit_side(model, source: ArraySource, runtime: Runtime, args, mean, std) -
     loss_fn = make_loss(0.0)
 
     def run() -> int:
-        stats = train_one_epoch(
-            model,
-            loader,
-            transform,
-            optimizer,
-            scheduler,
-            loss_fn=loss_fn,
-            runtime=runtime,
-            generator=gen,
-            first_step=0,
-        )
+        step = TrainingStep(model, optimizer, scheduler, loss_fn, runtime)
+        stats = train_one_epoch(step, loader, transform, generator=gen, first_step=0)
         return stats.images
 
     return run

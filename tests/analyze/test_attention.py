@@ -22,10 +22,9 @@ from cnnvit.analyze.attention import (
     capture_attention,
     class_token_maps,
     mean_attention_distance,
-    receptive_field_distance,
-    theoretical_receptive_field,
 )
 from cnnvit.analyze.layers import TokenLayout, stage_layers, token_layout
+from cnnvit.analyze.receptive_field import receptive_field_distance, theoretical_receptive_field
 from cnnvit.analyze.run import analyse
 from cnnvit.analyze.subject import Subject
 from cnnvit.folders import AnalysisFolder

@@ -18,7 +18,7 @@ from cnnvit.evaluate.run import evaluate_run
 from cnnvit.models.build import build_model
 from cnnvit.runtime import resolve_runtime
 from cnnvit.train.checkpoint import latest_checkpoint_dir, load_checkpoint
-from cnnvit.train.loop import make_loss, train_one_epoch
+from cnnvit.train.loop import TrainingStep, make_loss, train_one_epoch
 from cnnvit.train.optim import build_optimizer, build_scheduler
 from cnnvit.train.run import resume, train
 
@@ -36,18 +36,16 @@ def _steps(decay: float, steps: int = 6) -> tuple[torch.nn.Module, ModelEmaV3]:
     ]
     optim = OptimConfig(name="sgd", lr=0.5, weight_decay=0.0, warmup_epochs=0)
     optimizer = build_optimizer(model, optim)
-    train_one_epoch(
+    step = TrainingStep(
         model,
-        loader,
-        BatchTransform(size=4, channels=1, mean=(0.5,), std=(0.25,)),
         optimizer,
         build_scheduler(optimizer, optim, steps_per_epoch=steps, epochs=1),
         loss_fn=make_loss(0.0),
         runtime=resolve_runtime(TrainConfig(device="cpu")),
-        generator=g,
-        first_step=0,
         ema=ema,
     )
+    transform = BatchTransform(size=4, channels=1, mean=(0.5,), std=(0.25,))
+    train_one_epoch(step, loader, transform, generator=g, first_step=0)
     return model, ema
 
 

@@ -28,7 +28,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 def cmd_models(args: argparse.Namespace) -> int:
     import timm  # the model registry: torch and timm, imported only by this verb
 
-    from cnnvit.models import describe_builtin_models
+    from cnnvit.models.registry import describe_builtin_models
 
     if args.all:
         print("\n".join(timm.list_models(args.filter or "*")))

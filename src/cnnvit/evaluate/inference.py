@@ -238,6 +238,52 @@ def evaluate_models(
     Raises:
         DataError: a model's class count differs from the dataset's, or no image decodes.
     """
+    _check_models(models, classes)
+    settings = settings or InferenceConfig()
+    runtime = resolve_runtime(settings)
+    views = sorted({m.preprocess for m in models}, key=repr)  # distinct crops, cut once each
+    for m in models:
+        m.model.eval().to(runtime.device)
+        if runtime.channels_last:
+            m.model.to(memory_format=torch.channels_last)
+    loader = torch.utils.data.DataLoader(
+        _Indexed(_MultiCropDataset(source, views)),
+        batch_size=settings.batch_size,
+        num_workers=settings.num_workers,
+        collate_fn=_collate,
+        pin_memory=runtime.device.type == "cuda",
+        persistent_workers=False,
+    )
+    timer = StageTimer.for_device(runtime.device)
+    found = _one_pass(models, views, loader, runtime, timer, progress=progress)
+    if not found.indices:
+        raise DataError(f"none of the {len(source)} images could be decoded")
+    n = int(sum(len(i) for i in found.indices))
+    positions = torch.cat(found.indices)
+    results = [
+        _write_model(m, found.outputs[m.label], positions, classes, out_dir, timer) for m in models
+    ]
+    summary = {
+        "num_images": n,
+        "skipped_files": [asdict(s) for s in found.skipped],
+        "device": device_name(runtime.device),
+        "dtype": runtime.precision,
+        "channels_last": runtime.channels_last,
+        "batch_size": settings.batch_size,
+        "num_workers": settings.num_workers,
+        "wall_seconds": found.wall,
+        "images_per_second": n / found.wall if found.wall > 0 else None,
+        # decode and crop run in the workers, in parallel with the device: CPU ms per image
+        "decode_ms_per_image": 1000 * found.decode_s / max(n, 1),
+        "crop_ms_per_image": 1000 * found.crop_s / max(n, 1),
+        "models": [asdict(r) for r in results],
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "evaluation.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _check_models(models: list[EvalModel], classes: list[str]) -> None:
     if not models:
         raise ValueError("evaluate_models needs at least one model")
     for m in models:
@@ -246,71 +292,51 @@ def evaluate_models(
                 f"{m.label} has {m.model.num_classes} classes but the dataset has {len(classes)}; "
                 "evaluate it on data with its own classes (ImageNet models: imagenet-val:PATH)"
             )
-    settings = settings or InferenceConfig()
-    runtime = resolve_runtime(settings)
-    dev, use_channels_last = runtime.device, runtime.channels_last
-    batch_size, num_workers = settings.batch_size, settings.num_workers
-    views = sorted({m.preprocess for m in models}, key=repr)  # distinct crops, cut once each
+
+
+@dataclass
+class _Pass:
+    """What one pass over the data gave: per model its probabilities and labels by batch, the
+    positions of the images that decoded, the files that did not, and the time spent."""
+
+    outputs: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]]
+    indices: list[torch.Tensor] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
+    decode_s: float = 0.0
+    crop_s: float = 0.0
+    wall: float = 0.0
+
+
+def _one_pass(
+    models: list[EvalModel],
+    views: list[Preprocess],
+    loader: torch.utils.data.DataLoader,
+    runtime: Runtime,
+    timer: StageTimer,
+    *,
+    progress: bool,
+) -> _Pass:
+    """Every batch through every model, each on the crop of its own preprocessing."""
     view_of = {m.label: views.index(m.preprocess) for m in models}
-    for m in models:
-        m.model.eval().to(dev)
-        if use_channels_last:
-            m.model.to(memory_format=torch.channels_last)
-    loader = torch.utils.data.DataLoader(
-        _Indexed(_MultiCropDataset(source, views)),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=_collate,
-        pin_memory=dev.type == "cuda",
-        persistent_workers=False,
-    )
-    timer = StageTimer.for_device(dev)
-    outputs = {m.label: ([], []) for m in models}  # label -> (probs batches, labels batches)
-    indices, skipped = [], []
-    decode_s = crop_s = 0.0
-    wall = time.perf_counter()
+    found = _Pass(outputs={m.label: ([], []) for m in models})
+    start = time.perf_counter()
     with progress_bar(progress) as bar, torch.inference_mode():
-        task = bar.add_task("evaluating", total=len(source)) if bar else None
+        task = bar.add_task("evaluating", total=len(loader.dataset)) if bar else None
         for batch in loader:
-            decode_s += batch.decode_seconds
-            crop_s += batch.crop_seconds
-            skipped += batch.skipped
+            found.decode_s += batch.decode_seconds
+            found.crop_s += batch.crop_seconds
+            found.skipped += batch.skipped
             if len(batch.labels):
-                indices.append(batch.indices)
+                found.indices.append(batch.indices)
                 for m in models:
-                    crops = batch.crops[view_of[m.label]]
-                    probs = _run_model(m, crops, runtime, timer)
-                    outputs[m.label][0].append(probs)
-                    outputs[m.label][1].append(batch.labels)
+                    probs = _run_model(m, batch.crops[view_of[m.label]], runtime, timer)
+                    found.outputs[m.label][0].append(probs)
+                    found.outputs[m.label][1].append(batch.labels)
             if bar is not None:
                 bar.advance(task, len(batch.labels) + len(batch.skipped))
     timer.clock.synchronize()
-    wall = time.perf_counter() - wall
-    if not indices:
-        raise DataError(f"none of the {len(source)} images could be decoded")
-    n = int(sum(len(i) for i in indices))
-    positions = torch.cat(indices)
-    results = [
-        _write_model(m, outputs[m.label], positions, classes, out_dir, timer) for m in models
-    ]
-    summary = {
-        "num_images": n,
-        "skipped_files": [asdict(s) for s in skipped],
-        "device": device_name(dev),
-        "dtype": runtime.precision,
-        "channels_last": use_channels_last,
-        "batch_size": batch_size,
-        "num_workers": num_workers,
-        "wall_seconds": wall,
-        "images_per_second": n / wall if wall > 0 else None,
-        # decode and crop run in the workers, in parallel with the device: CPU ms per image
-        "decode_ms_per_image": 1000 * decode_s / max(n, 1),
-        "crop_ms_per_image": 1000 * crop_s / max(n, 1),
-        "models": [asdict(r) for r in results],
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "evaluation.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    found.wall = time.perf_counter() - start
+    return found
 
 
 def _run_model(

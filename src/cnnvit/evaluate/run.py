@@ -9,6 +9,7 @@ import torch
 from cnnvit.config import RunConfig, read_run_config
 from cnnvit.folders import RunFolder
 from cnnvit.metrics import write_evaluation
+from cnnvit.runtime import num_threads
 from cnnvit.train.assemble import assemble
 from cnnvit.train.checkpoint import evaluated_weights, load_checkpoint
 from cnnvit.train.loop import predict_logits
@@ -17,6 +18,11 @@ from cnnvit.ui import progress_bar
 
 def evaluate_config(cfg: RunConfig, weights: dict[str, torch.Tensor] | None, out_dir: Path) -> dict:
     """Build the model and validation data that ``cfg`` describes, load ``weights``, evaluate."""
+    with num_threads(cfg.train.threads):
+        return _evaluate(cfg, weights, Path(out_dir))
+
+
+def _evaluate(cfg: RunConfig, weights: dict[str, torch.Tensor] | None, out_dir: Path) -> dict:
     parts = assemble(cfg)
     runtime, data, model = parts.runtime, parts.data, parts.model
     if weights is not None:
@@ -26,7 +32,7 @@ def evaluate_config(cfg: RunConfig, weights: dict[str, torch.Tensor] | None, out
             model, data.val, data.eval_transform, runtime=runtime, progress=progress
         )
     probs = torch.softmax(logits.float(), dim=1).numpy()  # (N, C)
-    return write_evaluation(Path(out_dir), probs, labels.numpy(), data.classes)
+    return write_evaluation(out_dir, probs, labels.numpy(), data.classes)
 
 
 def evaluate_run(run_dir: Path) -> dict:

@@ -82,30 +82,45 @@ def _mixed_input(
     return x, out.targets, out.dominant
 
 
+@dataclass
+class TrainingStep:
+    """What one optimiser step needs: the model, its optimiser and schedule, the loss and the
+    runtime, and optionally gradient clipping, batch mixing and an EMA of the weights."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Scheduler
+    loss_fn: LossFn
+    runtime: Runtime
+    grad_clip: float | None = None
+    mix: BatchMix | None = None
+    ema: ModelEmaV3 | None = None
+
+
 def train_one_epoch(
-    model: torch.nn.Module,
+    step: TrainingStep,
     loader: Loader,
     transform: BatchTransform,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Scheduler,
     *,
-    loss_fn: LossFn,
-    runtime: Runtime,
     generator: torch.Generator,
     first_step: int,
-    grad_clip: float | None = None,
-    mix: BatchMix | None = None,
-    ema: ModelEmaV3 | None = None,
     progress: Progress | None = None,
     label: str = "train",
 ) -> EpochStats:
     """Train for one pass over ``loader``; raise DivergedError on a non-finite loss.
 
-    With ``mix``, each batch is mixed after augmentation and the loss takes soft targets; the
-    train accuracy then counts a prediction as right when it is the dominant (larger-weight)
-    original label of the mixed image. With ``ema``, the EMA is updated after every optimizer
-    step, with the global step so that a warmup schedule continues across a resume.
+    With ``step.mix``, each batch is mixed after augmentation and the loss takes soft targets;
+    the train accuracy then counts a prediction as right when it is the dominant (larger-weight)
+    original label of the mixed image. With ``step.ema``, the EMA is updated after every
+    optimizer step, with the global step so that a warmup schedule continues across a resume.
     """
+    model, optimizer, runtime, mix, ema = (
+        step.model,
+        step.optimizer,
+        step.runtime,
+        step.mix,
+        step.ema,
+    )
     model.train()
     device = runtime.device
     loss_sum = torch.zeros((), device=device)
@@ -114,7 +129,7 @@ def train_one_epoch(
     task = progress.add_task(label, total=len(loader), rate="") if progress else None
     start = time.perf_counter()
     for i, (images, labels) in enumerate(loader):
-        scheduler.step_update(first_step + i + 1)
+        step.scheduler.step_update(first_step + i + 1)
         if mix is None:
             x = _to_input(images, transform, runtime, generator)
             targets = labels  # (B,)
@@ -123,11 +138,11 @@ def train_one_epoch(
             x, targets, labels = _mixed_input(images, labels, transform, mix, runtime, generator)
         with runtime.autocast_context():
             logits = model(x)  # (B, num_classes)
-        loss = loss_fn(logits, targets)
+        loss = step.loss_fn(logits, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        if step.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), step.grad_clip)
         optimizer.step()
         if ema is not None:
             ema.update(getattr(model, "_orig_mod", model), step=first_step + i + 1)

@@ -22,10 +22,16 @@ from cnnvit.data.pipeline import PreparedData
 from cnnvit.folders import RunFolder, RunFolderError
 from cnnvit.metrics import write_evaluation
 from cnnvit.models import count_parameters, model_family
-from cnnvit.runtime import PeakMemory, Runtime, capture_environment
+from cnnvit.runtime import PeakMemory, Runtime, capture_environment, num_threads
 from cnnvit.train.assemble import assemble
 from cnnvit.train.checkpoint import load_checkpoint, save_checkpoint
-from cnnvit.train.loop import DivergedError, make_loss, predict_logits, train_one_epoch
+from cnnvit.train.loop import (
+    DivergedError,
+    TrainingStep,
+    make_loss,
+    predict_logits,
+    train_one_epoch,
+)
 from cnnvit.train.optim import build_optimizer, build_scheduler, current_lr
 from cnnvit.ui import console, progress_bar
 
@@ -94,6 +100,11 @@ def default_run_dir(cfg: RunConfig) -> Path:
 
 
 def _run(cfg: RunConfig, folder: RunFolder, *, resume: bool) -> dict:
+    with num_threads(cfg.train.threads):
+        return _run_session(cfg, folder, resume=resume)
+
+
+def _run_session(cfg: RunConfig, folder: RunFolder, *, resume: bool) -> dict:
     session = _open_session(cfg, folder, resume=resume)
     results = _base_results(session)
     try:
@@ -135,8 +146,7 @@ def _open_session(cfg: RunConfig, folder: RunFolder, *, resume: bool) -> Session
     else:
         folder.write_config_data(cfg.model_dump(mode="json"))
         folder.write_environment(capture_environment(runtime, cfg.train.seed).to_dict())
-    if cfg.train.compile:
-        session.model = torch.compile(model)
+    session.model = runtime.compiled(model)
     return session
 
 
@@ -172,6 +182,9 @@ def _train_epochs(s: Session, results: dict) -> None:
     mix = BatchMix.from_config(
         s.data.train_transform.augment, s.data.num_classes, cfg.optim.label_smoothing
     )
+    step = TrainingStep(
+        s.model, s.optimizer, s.scheduler, loss_fn, s.runtime, cfg.optim.grad_clip, mix, s.ema
+    )
     peak = PeakMemory(s.runtime.device)
     steps = len(s.data.train)
     s.folder.write_results(results)
@@ -179,18 +192,11 @@ def _train_epochs(s: Session, results: dict) -> None:
         peak.reset()
         with progress_bar(cfg.train.progress) as progress:
             stats = train_one_epoch(
-                s.model,
+                step,
                 s.data.train,
                 s.data.train_transform,
-                s.optimizer,
-                s.scheduler,
-                loss_fn=loss_fn,
-                runtime=s.runtime,
                 generator=s.generator,
                 first_step=(epoch - 1) * steps,
-                grad_clip=cfg.optim.grad_clip,
-                mix=mix,
-                ema=s.ema,
                 progress=progress,
                 label=f"epoch {epoch}/{cfg.train.epochs}",
             )

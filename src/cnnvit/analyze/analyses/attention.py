@@ -447,7 +447,7 @@ def compute_attention(inputs: Inputs, options: AttentionOptions) -> AttentionRes
     each CNN's stages, on ``options.images`` validation images."""
     # The attention and gradients come from running the models (torch); imported when the
     # analysis runs, so that the registry and the report stay free of torch.
-    from cnnvit.analyze.attention import BATCH_SIZE, MASS_FRACTION, attention_run
+    from cnnvit.analyze.attention import attention_run
 
     images = inputs.val(options.images)
     subjects = inputs.subjects
@@ -460,8 +460,8 @@ def compute_attention(inputs: Inputs, options: AttentionOptions) -> AttentionRes
         images=len(images),
         distance_images=run.distance_images,
         erf_images=run.erf_images,
-        batch_size=BATCH_SIZE,
-        mass_fraction=MASS_FRACTION,
+        batch_size=run.batch_size,
+        mass_fraction=run.mass_fraction,
         dataset=images.name,
         classes=list(images.classes),
         grid_labels=run.grid_labels,
