@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape  # a label like '[red]x' is not rich markup
 from rich.table import Table
 
+from cnnvit.folders import StudyFolder, write_text
 from cnnvit.formatting import pm
 from cnnvit.plotting import save_png
 from cnnvit.report.analysis_summary import analysis_headlines, format_headline, summary_columns
@@ -24,8 +25,6 @@ from cnnvit.report.section import Section
 from cnnvit.report.sections import ReportContext, render_header, report_sections
 from cnnvit.ui import at_least_width
 
-REPORT_NAME = "report.html"
-
 
 def write_report(study_dir: Path | str, sections: Sequence[Section] | None = None) -> Path:
     """Build every output of the report under ``study_dir``; returns the path of report.html.
@@ -33,30 +32,29 @@ def write_report(study_dir: Path | str, sections: Sequence[Section] | None = Non
     Writes ``results.csv``/``results.parquet`` (one row per cell), ``summary.csv`` (aggregates
     over seeds), ``tables/*.csv``, ``figures/*.png`` and ``report.html``.
     """
-    root = Path(study_dir)
-    data = load_study_data(root)
-    _write_frame(data.results, root / "results.csv", parquet=True)
-    _write_frame(data.summary, root / "summary.csv")
+    folder = StudyFolder(study_dir)
+    data = load_study_data(folder.path)
+    _write_frame(data.results, folder.results_csv, parquet=True)
+    _write_frame(data.summary, folder.summary_csv)
     ctx = ReportContext(data)
     sections = report_sections() if sections is None else sections
     sections = [s for s in sections if s.is_shown(ctx)]
     for section in sections:
-        _build_section_outputs(section, ctx, root)
+        _build_section_outputs(section, ctx, folder)
     page = render_page(ctx, sections, render_header(ctx))
-    path = root / REPORT_NAME
-    _write_atomic(path, page.encode("utf-8"))
-    return path
+    write_text(folder.report, page)  # a browser or a watcher never sees a half-written page
+    return folder.report
 
 
-def _build_section_outputs(section: Section, ctx: ReportContext, root: Path) -> None:
+def _build_section_outputs(section: Section, ctx: ReportContext, folder: StudyFolder) -> None:
     """Tables to tables/*.csv and figures to figures/*.png, kept in ``ctx`` for rendering."""
     if section.tables is not None:
         for name, frame in section.tables(ctx).items():
             ctx.tables[name] = frame
-            _write_frame(frame, root / "tables" / f"{name}.csv")
+            _write_frame(frame, folder.tables / f"{name}.csv")
     if section.figures is not None:
         for name, fig in section.figures(ctx).items():
-            path = root / "figures" / f"{name}.png"
+            path = folder.figures / f"{name}.png"
             if fig is None:
                 # A figure that cannot be drawn now must not linger from an earlier build.
                 path.unlink(missing_ok=True)
@@ -69,13 +67,6 @@ def _write_frame(frame: pd.DataFrame, path: Path, *, parquet: bool = False) -> N
     frame.to_csv(path, index=False)
     if parquet:
         frame.to_parquet(path.with_suffix(".parquet"), index=False)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    # A browser or a watcher never sees a half-written page.
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 # --- terminal summary --------------------------------------------------------------------------
@@ -97,7 +88,7 @@ def print_summary(study_dir: Path | str, console: Console | None = None) -> None
     if analyses is not None:
         with at_least_width(100, console):  # 8 columns: not squeezed into a pipe's 80
             console.print(analyses)
-    report = root / REPORT_NAME
+    report = StudyFolder(root).report
     if report.is_file():
         console.print(f"Report: [bold]{report}[/]")
     else:
