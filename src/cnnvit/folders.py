@@ -37,11 +37,13 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
 import yaml
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from cnnvit.errors import UserError
 
@@ -300,7 +302,8 @@ class RunFolder:
         return read_json(self.metrics)
 
     def write_evaluation(self, metrics: Mapping[str, Any], predictions: pd.DataFrame) -> None:
-        """metrics.json and predictions.parquet of an evaluation."""
+        """metrics.json and predictions.parquet of an evaluation (a frame from
+        :func:`cnnvit.metrics.predictions_frame`)."""
         write_json(self.metrics, metrics)
         self.path.mkdir(parents=True, exist_ok=True)
         tmp = self.path / f".{self.predictions.name}.tmp"
@@ -308,6 +311,10 @@ class RunFolder:
         tmp.replace(self.predictions)
 
     def read_predictions(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        # pandas is imported here, not at the top: the command line and the analysis registry
+        # import this module and must start without pandas' second of start-up.
+        import pandas as pd
+
         if not self.predictions.is_file():
             raise RunFolderError(
                 f"{self.path} has no {self.predictions.name}; evaluate it first with "

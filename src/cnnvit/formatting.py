@@ -8,19 +8,17 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import pandas as pd
-
-__all__ = ["as_number", "count", "is_missing", "pct", "pm"]
+__all__ = ["as_number", "count", "is_missing", "json_number", "pct", "pm"]
 
 MISSING = "—"
 
 
 def is_missing(x: object) -> bool:
-    """None, NaN, pandas' NA, or anything that is not a number."""
+    """None, NaN, pandas' NA (which no float can be made of), or anything not a number."""
     if x is None or isinstance(x, bool):
         return x is None
     try:
-        return bool(pd.isna(x)) or not math.isfinite(float(x))  # type: ignore[arg-type]
+        return not math.isfinite(float(x))  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return True
 
@@ -33,6 +31,12 @@ def as_number(x: Any) -> float:
         return math.nan if x is None else float(x)
     except (TypeError, ValueError):
         return math.nan
+
+
+def json_number(x: object) -> float:
+    """A number an analysis wrote to JSON, or NaN: text ("0.8"), booleans and nulls are not
+    measurements."""
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else math.nan
 
 
 def pct(x: object, digits: int = 1, *, sep: str = " ", missing: str = MISSING) -> str:

@@ -12,7 +12,7 @@ import html
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-__all__ = ["Markup", "esc", "folder_figure", "img", "join", "note", "table", "tag"]
+__all__ = ["Markup", "esc", "folder_figure", "img", "join", "note", "swatch", "table", "tag"]
 
 
 class Markup(str):
@@ -90,3 +90,8 @@ def table(
         f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
         f"<tbody>{join(body)}</tbody></table></div>"
     )
+
+
+def swatch(color: str) -> Markup:
+    """A small square of ``color`` (a model's colour from cnnvit's palette, never from data)."""
+    return Markup(f'<span class="swatch" style="background:{color}"></span>')

@@ -117,6 +117,7 @@ class Analysis:
     columns: Mapping[str, Column] = field(default_factory=dict)
     # <name>.json -> {model label: {column: value}}; the columns of the terminal summary
     headline: Callable[[dict[str, Any]], dict[str, dict[str, float]]] | None = None
+    columns_note: str = ""  # how to read its summary columns, in the summary's title
     # <name>.json -> one sentence for the report's verdict, or None
     verdict: Callable[[dict[str, Any]], str | None] | None = None
     order: int = 100  # position in the report, the study and the summaries; lower first

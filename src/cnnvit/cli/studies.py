@@ -1,8 +1,9 @@
 """The verbs on studies: ``compare`` runs one (or several, from one file) and writes its report;
 ``report`` rebuilds a report from a study folder alone.
 
-``report`` needs no torch (the report reads files only), so it starts at once; ``compare``
-imports the training stack when it runs.
+``report`` needs no torch (the report reads files only); ``compare`` imports the training stack
+when it runs. Both import what they run inside their handlers, so that ``cnnvit --help`` does
+not pay for it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from pathlib import Path
 
 from cnnvit.cli.runs import add_set_option
 from cnnvit.folders import StudyFolder
-from cnnvit.report import print_summary, write_report
 from cnnvit.ui import console
 
 __all__ = ["add_commands"]
@@ -45,6 +45,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     import torch  # the default study depends on whether there is a GPU
 
     from cnnvit.data.readers import check_spec
+    from cnnvit.report import print_summary, write_report
     from cnnvit.study.config import load_studies
     from cnnvit.study.run import run_study
 
@@ -70,6 +71,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from cnnvit.report import print_summary, write_report  # pandas, scipy and matplotlib
+
     StudyFolder(args.study_dir).require()
     write_report(args.study_dir)
     print_summary(args.study_dir, console)

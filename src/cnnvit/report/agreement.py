@@ -37,6 +37,7 @@ from cnnvit.evaluate.agreement import (
     read_disagreement_images,
 )
 from cnnvit.folders import RunFolder, StudyFolder
+from cnnvit.formatting import as_number, count
 from cnnvit.markup import Markup, esc, img, join, note, table, tag
 from cnnvit.report.collect import StudyData
 from cnnvit.report.verdict import head_to_head
@@ -223,7 +224,7 @@ def _pair_rows(
                 head_to_head=head,
                 trainable_blocks=blocks,
                 fraction=fraction,
-                num_train_images=_number(ra.num_train_images),
+                num_train_images=as_number(ra.num_train_images),
                 seed=int(key[1]),
                 cell_a=ra.cell,
                 cell_b=rb.cell,
@@ -266,10 +267,6 @@ def _classes(data: StudyData, cell: str) -> list[str] | None:
 def _numbered(*frames: pd.DataFrame) -> list[str]:
     top = max(int(f[["label", "prediction"]].to_numpy().max()) for f in frames)
     return [str(i) for i in range(top + 1)]
-
-
-def _number(x: object) -> float:
-    return math.nan if x is None or pd.isna(x) else float(x)
 
 
 # --- the table (CSV) ------------------------------------------------------------------------
@@ -392,17 +389,25 @@ def _html_table(ctx: ReportContext, study: StudyAgreement) -> Markup:
     ]
     rows = []
     for r in study.rows:
-        pair = join([_swatch(ctx, r.a), esc(r.a), " – ", _swatch(ctx, r.b), esc(r.b)])
+        pair = join(
+            [
+                ctx.swatch(r.a),
+                esc(r.a),
+                " – ",
+                ctx.swatch(r.b),
+                esc(r.b),
+            ]
+        )
         if r.trainable_blocks is not None:
             pair = join([pair, esc(f" (last {r.trainable_blocks} blocks)")])
         g = r.agreement
         if g is None:
-            rows.append([pair, _int(r.num_train_images), r.seed, *["—"] * 10, r.problem or ""])
+            rows.append([pair, count(r.num_train_images), r.seed, *["—"] * 10, r.problem or ""])
             continue
         rows.append(
             [
                 pair,
-                _int(r.num_train_images),
+                count(r.num_train_images),
                 r.seed,
                 f"{g.n:,}",
                 *(_count(k, g.n) for k in (g.both_right, g.only_a, g.only_b, g.both_wrong)),
@@ -419,11 +424,6 @@ def _html_table(ctx: ReportContext, study: StudyAgreement) -> Markup:
     return table(headers, rows, classes=classes)
 
 
-def _swatch(ctx: ReportContext, model: str) -> Markup:
-    color = ctx.colors.get(model, "#999999")  # from our palette, never from the data
-    return Markup(f'<span class="swatch" style="background:{color}"></span>')
-
-
 def _count(k: int, n: int) -> str:
     return f"{k:,} ({100 * k / n:.1f} %)"
 
@@ -434,10 +434,6 @@ def _kappa(x: float) -> str:
 
 def _points(x: float) -> str:
     return f"{100 * x:+.2f}"
-
-
-def _int(x: float) -> str:
-    return "—" if math.isnan(x) else f"{int(x):,}"
 
 
 def _images(n: float) -> str:

@@ -22,6 +22,13 @@ def summary_columns() -> dict[str, Column]:
     return {name: column for a in all_analyses() for name, column in a.columns.items()}
 
 
+def columns_notes(columns: list[str]) -> list[str]:
+    """How to read these summary columns: the note of each analysis that owns one of them."""
+    return [
+        a.columns_note for a in all_analyses() if a.columns_note and set(a.columns) & set(columns)
+    ]
+
+
 def analysis_headlines(root: Path | str) -> pd.DataFrame:
     """One row per model label with the columns of :func:`summary_columns` (NaN where not
     measured)."""

@@ -18,7 +18,12 @@ from rich.table import Table
 from cnnvit.folders import StudyFolder, write_text
 from cnnvit.formatting import pm
 from cnnvit.plotting import save_png
-from cnnvit.report.analysis_summary import analysis_headlines, format_headline, summary_columns
+from cnnvit.report.analysis_summary import (
+    analysis_headlines,
+    columns_notes,
+    format_headline,
+    summary_columns,
+)
 from cnnvit.report.collect import collect_results, load_study_data, summarize
 from cnnvit.report.html import render_page
 from cnnvit.report.section import Section
@@ -128,10 +133,9 @@ def _analysis_table(root: Path) -> Table | None:
     frame = analysis_headlines(root).dropna(axis=1, how="all")
     if frame.empty or frame.columns.empty:
         return None
+    notes = columns_notes(list(frame.columns))
     table = Table(
-        title="Analyses (top-1 of 1-NN retrieval and of the head; mean top-1 under corruption "
-        "and its share of clean; reach = attention distance or effective receptive field, px)",
-        title_justify="left",
+        title="Analyses" + (f" ({'; '.join(notes)})" if notes else ""), title_justify="left"
     )
     table.add_column("model")
     for column in frame.columns:

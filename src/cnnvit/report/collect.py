@@ -20,7 +20,7 @@ from scipy import stats
 from cnnvit.folders import RunFolder, StudyFolder, StudyFolderError, read_json
 from cnnvit.formatting import as_number
 
-# The columns of results.csv, in order (the list).
+# The columns of results.csv, in order: the cell, its grid point, its status, then its numbers.
 RESULT_COLUMNS = [
     "cell",
     "model",

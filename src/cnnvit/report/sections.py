@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from cnnvit.formatting import count, is_missing, pct, pm
-from cnnvit.markup import Markup, esc, img, join, note, table, tag
+from cnnvit.markup import Markup, esc, img, join, note, swatch, table, tag
 from cnnvit.plotting import model_colors
 from cnnvit.report import figures as figs
 from cnnvit.report.agreement import (
@@ -85,6 +85,10 @@ class ReportContext:
     def colors(self) -> dict[str, str]:
         return model_colors(self.data.models)
 
+    def swatch(self, model: str) -> Markup:
+        """The model's colour square (grey for a model the study does not list)."""
+        return swatch(self.colors.get(model, "#999999"))
+
     @cached_property
     def agreement(self) -> StudyAgreement:
         """Every pair of models compared on the same images, per seed (agreement section)."""
@@ -135,7 +139,7 @@ def _model_names(ctx: ReportContext) -> Markup:
     for label in ctx.data.models:
         name = names.get(label, label)
         text = label if name == label else f"{label} ({name})"
-        parts.append(join([_swatch(ctx, label), esc(text)]))
+        parts.append(join([ctx.swatch(label), esc(text)]))
     return Markup(", ".join(parts))
 
 
@@ -485,14 +489,9 @@ def _by_model(ctx: ReportContext, frame: pd.DataFrame):
     )
 
 
-def _swatch(ctx: ReportContext, model: str) -> Markup:
-    color = ctx.colors.get(model, "#999999")  # from our palette, never from the data
-    return Markup(f'<span class="swatch" style="background:{color}"></span>')
-
-
 def _model_cell(ctx: ReportContext, model: str, blocks: object) -> Markup:
     text = model if pd.isna(blocks) else f"{model}, last {int(blocks)} blocks"
-    return join([_swatch(ctx, model), esc(text)])
+    return join([ctx.swatch(model), esc(text)])
 
 
 def _params(p: float) -> str:

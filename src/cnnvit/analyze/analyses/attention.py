@@ -25,6 +25,7 @@ from cnnvit.analyze.analyses.gradcam import EXPLAIN
 from cnnvit.analyze.files import file_stems
 from cnnvit.analyze.registry import AnalysisOptions, Column, Inputs, analysis
 from cnnvit.folders import AnalysisFolder
+from cnnvit.formatting import json_number
 from cnnvit.markup import Markup, img, join, note, table, tag
 from cnnvit.plotting import model_colors, plain, save_png, style
 
@@ -197,10 +198,6 @@ def _write_csv(models: list[dict[str, Any]], path: Path) -> None:
 # --- the verdict and the terminal summary -------------------------------------------------------
 
 
-def _number(x: object) -> float:
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else math.nan
-
-
 def _reach(data: dict[str, Any]) -> dict[str, tuple[float, float]]:
     """Model label -> (distance at its first layer, at its last), px; models without a number
     left out."""
@@ -214,7 +211,7 @@ def _reach(data: dict[str, Any]) -> dict[str, tuple[float, float]]:
         else:
             distances = [s.get("erf_distance_px") for s in m.get("stages") or []]
         if distances:
-            out[str(m.get("label"))] = (_number(distances[0]), _number(distances[-1]))
+            out[str(m.get("label"))] = (json_number(distances[0]), json_number(distances[-1]))
     return out
 
 
@@ -438,6 +435,7 @@ def _grids(folder: AnalysisFolder, models: list[dict[str, Any]]) -> list[Markup]
         "first_distance_px": Column("reach, first layer", "px"),
         "last_distance_px": Column("reach, last layer", "px"),
     },
+    columns_note="reach = attention distance or effective receptive field, px",
     headline=attention_headline,
     verdict=attention_verdict,
     order=20,

@@ -20,6 +20,7 @@ from pydantic import Field
 
 from cnnvit.analyze.registry import AnalysisOptions, Column, Command, Inputs, analysis
 from cnnvit.folders import AnalysisFolder
+from cnnvit.formatting import json_number, pct
 from cnnvit.markup import Markup, img, join, note, table, tag
 from cnnvit.plotting import model_colors, plain, save_png, style
 from cnnvit.ui import console
@@ -217,26 +218,17 @@ def render_knn(folder: AnalysisFolder) -> Markup:
     return join(parts)
 
 
-def _percent(value: object) -> str:
-    return "-" if value is None else f"{100 * float(value):.1f}%"
-
-
 def _row(model: dict, ks: list[int]) -> list[object]:
     return [
         model["label"],
         model["dims"],
-        _percent(model.get("head_top1")),
-        *[_percent(model["knn_accuracy"].get(str(k))) for k in ks],
-        *[_percent(model["recall_at_k"].get(str(k))) for k in ks],
+        pct(model.get("head_top1"), sep="", missing="-"),
+        *[pct(model["knn_accuracy"].get(str(k)), sep="", missing="-") for k in ks],
+        *[pct(model["recall_at_k"].get(str(k)), sep="", missing="-") for k in ks],
     ]
 
 
 # --- the summary: headline numbers and the verdict ----------------------------------------------
-
-
-def _number(x: object) -> float:
-    # Only JSON numbers count: text ("0.8") and booleans are not measurements.
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else math.nan
 
 
 def knn_headline(data: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -250,8 +242,8 @@ def knn_headline(data: dict[str, Any]) -> dict[str, dict[str, float]]:
         accuracy = m.get("knn_accuracy") or {}
         first_k = min(accuracy, key=int) if accuracy else None
         rows.setdefault(str(m.get("label")), {}).update(
-            knn_top1=_number(accuracy.get(first_k)) if first_k == "1" else math.nan,
-            head_top1=_number(m.get("head_top1")),
+            knn_top1=json_number(accuracy.get(first_k)) if first_k == "1" else math.nan,
+            head_top1=json_number(m.get("head_top1")),
         )
     return rows
 
@@ -294,6 +286,7 @@ def _within_index(ks: list[int], size: int) -> list[int]:
     write=write_knn,
     render=render_knn,
     columns={"knn_top1": Column("1-NN", "pct"), "head_top1": Column("head", "pct")},
+    columns_note="top-1 of 1-NN retrieval and of the head",
     headline=knn_headline,
     verdict=knn_verdict,
     order=50,

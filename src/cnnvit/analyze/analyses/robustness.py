@@ -26,6 +26,7 @@ from pydantic import Field
 
 from cnnvit.analyze.registry import AnalysisOptions, Column, Command, Inputs, analysis
 from cnnvit.folders import AnalysisFolder
+from cnnvit.formatting import json_number, pct
 from cnnvit.markup import Markup, folder_figure, join, note, table, tag
 from cnnvit.plotting import model_colors, plain, save_png, style
 
@@ -274,28 +275,18 @@ def _title(name: str) -> str:
     return str(name).replace("_", " ")
 
 
-def _pct(value: object) -> str:
-    if isinstance(value, (int, float)) and not math.isnan(value):
-        return f"{100 * value:.1f}%"
-    return "-"
-
-
 def _row(m: dict, names: list) -> list:
     by = m.get("mean_by_corruption") or {}
     return [
         m.get("label", "?"),
-        _pct(m.get("clean_accuracy")),
-        _pct(m.get("mean_corruption_accuracy")),
-        _pct(m.get("relative_accuracy")),
-        *[_pct(by.get(n)) for n in names],
+        pct(m.get("clean_accuracy"), sep="", missing="-"),
+        pct(m.get("mean_corruption_accuracy"), sep="", missing="-"),
+        pct(m.get("relative_accuracy"), sep="", missing="-"),
+        *[pct(by.get(n), sep="", missing="-") for n in names],
     ]
 
 
 # --- the summary -------------------------------------------------------------------------------
-
-
-def _number(x: object) -> float:
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else math.nan
 
 
 def robustness_headline(data: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -306,8 +297,8 @@ def robustness_headline(data: dict[str, Any]) -> dict[str, dict[str, float]]:
     for m in models if isinstance(models, list) else []:
         if isinstance(m, dict):
             rows.setdefault(str(m.get("label")), {}).update(
-                corruption_accuracy=_number(m.get("mean_corruption_accuracy")),
-                relative_robustness=_number(m.get("relative_accuracy")),
+                corruption_accuracy=json_number(m.get("mean_corruption_accuracy")),
+                relative_robustness=json_number(m.get("relative_accuracy")),
             )
     return rows
 
@@ -348,6 +339,7 @@ def robustness_verdict(data: dict[str, Any]) -> str | None:
         "corruption_accuracy": Column("corrupted", "pct"),
         "relative_robustness": Column("kept", "pct"),
     },
+    columns_note="mean top-1 under corruption and its share of clean",
     headline=robustness_headline,
     verdict=robustness_verdict,
     order=70,

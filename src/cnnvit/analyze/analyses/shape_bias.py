@@ -26,6 +26,7 @@ from pydantic import Field
 from cnnvit.analyze.files import file_stems
 from cnnvit.analyze.registry import AnalysisOptions, Column, Command, Inputs, analysis
 from cnnvit.folders import AnalysisFolder, json_ready
+from cnnvit.formatting import json_number
 from cnnvit.markup import Markup, folder_figure, join, note, table, tag
 from cnnvit.plotting import model_colors, plain, save_png, style
 
@@ -291,10 +292,6 @@ def _fmt(value: object) -> str:
 # --- the summary --------------------------------------------------------------------------------
 
 
-def _number(x: object) -> float:
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else math.nan
-
-
 def shape_bias_headline(result: dict[str, Any]) -> dict[str, dict[str, float]]:
     """``shape_bias.json`` -> {model label: {"shape_bias": value}}; NaN where a model had no
     hits (or the value is not a number)."""
@@ -302,7 +299,9 @@ def shape_bias_headline(result: dict[str, Any]) -> dict[str, dict[str, float]]:
     rows: dict[str, dict[str, float]] = {}
     for m in models if isinstance(models, list) else []:
         if isinstance(m, dict):
-            rows.setdefault(str(m.get("label")), {})["shape_bias"] = _number(m.get("shape_bias"))
+            rows.setdefault(str(m.get("label")), {})["shape_bias"] = json_number(
+                m.get("shape_bias")
+            )
     return rows
 
 
