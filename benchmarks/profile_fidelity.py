@@ -25,10 +25,10 @@ import time
 
 import torch
 
+from cnnvit.config import ProfileConfig
 from cnnvit.models import create_model
-from cnnvit.profile import profile_model
-from cnnvit.profile.profiler import resolve_profile_runtime
-from cnnvit.runtime import device_name
+from cnnvit.profile.profiler import profile_model
+from cnnvit.runtime import device_name, resolve_device
 
 TOLERANCE = 0.10
 
@@ -72,8 +72,7 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     models = args.model or ["resnet50", "vit_base_patch16_224"]
-    runtime = resolve_profile_runtime(args.device)
-    device = runtime.device
+    device = resolve_device(args.device)
     print(
         f"device {device_name(device)}, torch {torch.__version__}, fp32, "
         f"{args.image_size} px, batch {args.batch_size} for throughput, "
@@ -83,17 +82,15 @@ def main() -> None:
     for name in models:
         torch.manual_seed(0)
         model = create_model(name, num_classes=1000, img_size=args.image_size).to(device).eval()
-        options = dict(
-            model=model,
+        config = ProfileConfig(
             image_size=args.image_size,
             batch_size=args.batch_size,
-            device=device,
+            device=str(device),
             repeats=args.repeats,
             warmup=args.warmup,
             train=False,
-            progress=False,
         )
-        first = profile_model(name, **options)
+        first = profile_model(name, config, model=model, progress=False)
         x1 = torch.randn(1, 3, args.image_size, args.image_size, device=device)
         xn = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
         ref_latency_ms = 1000 * reference_median_s(
@@ -102,7 +99,7 @@ def main() -> None:
         ref_throughput = args.batch_size / reference_median_s(
             model, xn, device, args.warmup, first.repeats["throughput"]
         )
-        second = profile_model(name, **options)
+        second = profile_model(name, config, model=model, progress=False)
 
         lat_ratio = first.latency_ms.median / ref_latency_ms
         thr_ratio = first.throughput.median / ref_throughput

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -151,3 +153,20 @@ def test_three_models_take_their_families_from_the_run_folders(tmp_path, study_f
     page = write_report(root).read_text()
     assert "Ranking at 960 training images:" in page
     assert "Head to head, " in page and " against ViT:" in page
+
+
+def test_the_report_is_built_without_torch(tmp_path, study_factory):
+    # The report reads files only: building one (and the terminal summary) imports no torch.
+    root = study_factory(tmp_path / "s", seeds=[0])
+    code = (
+        "import sys\n"
+        "from rich.console import Console\n"
+        "from cnnvit.report import print_summary, write_report\n"
+        f"write_report({str(root)!r})\n"
+        f"print_summary({str(root)!r}, Console(file=open('/dev/null', 'w')))\n"
+        "print(sorted(m for m in ('torch', 'timm') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert "data:image/png;base64," in (root / "report.html").read_text()
