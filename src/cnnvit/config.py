@@ -103,7 +103,7 @@ class ModelConfig(StrictModel):
 
 class OptimConfig(StrictModel):
     name: Literal["sgd", "adam", "adamw"] = "adamw"
-    lr: float = Field(2e-3, gt=0)
+    lr: float = Field(2e-3, gt=0, description="peak learning rate")
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     betas: tuple[float, float] = (0.9, 0.999)
@@ -131,10 +131,10 @@ class RuntimeConfig(StrictModel):
 
 
 class TrainConfig(RuntimeConfig):
-    epochs: int = Field(5, gt=0)
-    batch_size: int = Field(256, gt=0)
-    eval_batch_size: int = Field(512, gt=0)
-    seed: int = 0
+    epochs: int = Field(5, gt=0, description="passes over the training images")
+    batch_size: int = Field(256, gt=0, description="training images per optimiser step")
+    eval_batch_size: int = Field(512, gt=0, description="images per validation batch")
+    seed: int = Field(0, description="seed of the weights, data order and augmentation")
     progress: bool = True
     ema_decay: float | None = Field(
         None,
@@ -161,7 +161,7 @@ class ProfileConfig(RuntimeConfig):
     sizes: list[int] | None = Field(
         None, description="image-size sweep of MACs, latency and memory, e.g. 32,64,128,224,384"
     )
-    train: bool = Field(True, description="also time a training step (forward, backward, AdamW)")
+    train: bool = Field(True, description="time a training step (forward, backward, AdamW)")
     repeats: int | None = Field(
         None, gt=0, description="timed calls per figure (None: about target_s seconds, 5-200)"
     )

@@ -82,8 +82,15 @@ def add_config_flags(
             continue
         if defaults and key in defaults:
             kwargs["default"] = defaults[key]
-        flag_names = [_negated(flag)] if kwargs.get("action") == "store_false" else [flag]
-        action = parser.add_argument(*flag_names, dest=dest, help=_help(info, default), **kwargs)
+        help_text = _help(info, default)
+        if kwargs.get("action") == "store_false":
+            flag_names = [_negated(flag)]
+            help_text = f"{help_text}: on unless this flag is given" if help_text else ""
+        else:
+            flag_names = [flag]
+        if "choices" not in kwargs and kwargs.get("action") not in ("store_true", "store_false"):
+            kwargs["metavar"] = flag.removeprefix("--").replace("-", "_").upper()
+        action = parser.add_argument(*flag_names, dest=dest, help=help_text, **kwargs)
         action.defaults_by_owner = {owner or model.__name__: default}  # type: ignore[attr-defined]
         taken[flag] = action
     return flags
