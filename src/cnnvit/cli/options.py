@@ -45,10 +45,6 @@ class ConfigFlags:
             f.key: f.convert(getattr(args, f.dest)) for f in self._flags if hasattr(args, f.dest)
         }
 
-    def nested_values(self, args: argparse.Namespace) -> dict[str, Any]:
-        """The given flags as a nested mapping: ``{"train": {"epochs": 3}}``."""
-        return nested(self.values(args))
-
 
 def add_config_flags(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup,
