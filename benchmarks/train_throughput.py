@@ -91,7 +91,9 @@ def cnnvit_side(model, source: ArraySource, runtime: Runtime, args, mean, std) -
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, optim_cfg)
-    scheduler = build_scheduler(optimizer, optim_cfg, steps_per_epoch=len(loader), epochs=1000)
+    scheduler = build_scheduler(
+        optimizer, optim_cfg, steps_per_epoch=len(loader), total_steps=1000 * len(loader)
+    )
     loss_fn = make_loss(0.0)
 
     def run() -> int:

@@ -65,12 +65,23 @@ class DataConfig(StrictModel):
     download: bool = Field(True, description="allow downloading a public dataset")
     classes: list[str] | None = Field(None, description="keep only these classes, by name")
     train_fraction: float = Field(1.0, gt=0, le=1, description="stratified, nested")
-    val_fraction: float = Field(
-        0.1, gt=0, lt=1, description="held out of train where the dataset has no split"
+    test_fraction: float = Field(
+        0.1, gt=0, lt=1, description="test split held out of train where the dataset has none"
     )
-    split_seed: int = Field(0, description="seed for the validation split and fractions")
-    max_val_images: int | None = Field(
-        None, gt=0, description="validate on a fixed stratified subset of this size; None = all"
+    split_seed: int = Field(0, description="seed of the training fractions (a study: the seed)")
+    selection_size: float = Field(
+        0.1,
+        gt=0,
+        description="selection split held out of the training pool (early stopping, best epoch, "
+        "tuning): a fraction (< 1) or a number of images (>= 1)",
+    )
+    holdout_seed: int = Field(
+        0,
+        description="seed of the held-out splits (selection; test where the dataset has none), "
+        "the same for every cell of a study",
+    )
+    max_test_images: int | None = Field(
+        None, gt=0, description="test on a fixed stratified subset of this size; None = all"
     )
     image_size: int | None = Field(None, gt=0, description="side in pixels; None = native")
     channels: Literal[1, 3] = Field(3, description="3: grayscale is replicated to RGB")
@@ -81,6 +92,18 @@ class DataConfig(StrictModel):
     )
     max_memory_mb: int = Field(4096, gt=0, description="'auto' keeps data in memory below this")
     num_workers: int = Field(2, ge=0, description="DataLoader workers when streaming")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, value: Any) -> Any:
+        # Configs written before the three-way split called the test split "val".
+        if not isinstance(value, dict):
+            return value
+        value = dict(value)
+        for old, new in (("max_val_images", "max_test_images"), ("val_fraction", "test_fraction")):
+            if old in value:
+                value.setdefault(new, value.pop(old))
+        return value
 
 
 class FreezeConfig(StrictModel):
@@ -110,6 +133,9 @@ class OptimConfig(StrictModel):
     weight_decay: float = Field(0.05, ge=0, description="not applied to norms and biases")
     schedule: Literal["cosine", "constant"] = "cosine"
     warmup_epochs: float = Field(0.5, ge=0)
+    warmup_steps: int | None = Field(
+        None, ge=0, description="warmup in optimiser steps; replaces warmup_epochs when set"
+    )
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine floor as a fraction of lr")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     grad_clip: float | None = Field(None, gt=0, description="max gradient norm")
@@ -130,8 +156,40 @@ class RuntimeConfig(StrictModel):
     threads: int | None = Field(None, gt=0, description="CPU threads for torch")
 
 
+class BudgetConfig(StrictModel):
+    """How long a run trains, and how often it scores the selection split.
+
+    ``epochs``: ``train.epochs`` passes over the training images, scored after each. ``steps``:
+    ``steps`` optimiser steps at every training size (a small training set runs more epochs),
+    scored ``evaluations`` times at evenly spaced steps. ``early_stopping``: as ``steps`` (at
+    most ``steps``, or ``train.epochs`` epochs when unset), stopping once ``patience``
+    evaluations in a row did not beat the best selection accuracy by ``min_delta``; the best
+    evaluation's weights are restored."""
+
+    kind: Literal["epochs", "steps", "early_stopping"] = Field(
+        "epochs", description="epochs, steps or early_stopping"
+    )
+    steps: int | None = Field(
+        None, gt=0, description="optimiser steps (steps), or their maximum (early_stopping)"
+    )
+    evaluations: int = Field(
+        20, ge=4, description="selection-split scores over the run (steps, early_stopping)"
+    )
+    patience: int = Field(5, gt=0, description="early_stopping: evaluations without a new best")
+    min_delta: float = Field(
+        0.0, ge=0, description="early_stopping: the least gain in selection accuracy that counts"
+    )
+
+    @model_validator(mode="after")
+    def _steps_given(self) -> BudgetConfig:
+        if self.kind == "steps" and self.steps is None:
+            raise ValueError("budget kind 'steps' needs train.budget.steps (optimiser steps)")
+        return self
+
+
 class TrainConfig(RuntimeConfig):
     epochs: int = Field(5, gt=0, description="passes over the training images")
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
     batch_size: int = Field(256, gt=0, description="training images per optimiser step")
     eval_batch_size: int = Field(512, gt=0, description="images per validation batch")
     seed: int = Field(0, description="seed of the weights, data order and augmentation")

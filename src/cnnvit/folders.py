@@ -7,13 +7,15 @@ without importing torch::
     RUN FOLDER (``cnnvit train``, one cell of a study)
       config.yaml          the resolved run config (re-loadable with ``--config``)
       environment.json     versions, device, dtype, git revision, seed
-      epochs.csv           one row per finished epoch
-      checkpoints/         latest.json -> epoch-NNNN/{model,ema}.safetensors + state.pt
-      results.json         status and summary figures; ``evaluated_weights`` is ``model`` or
-                           ``ema``: which weights validation and the final evaluation used
+      epochs.csv           one row per score of the selection split (epoch, step, train and
+                           selection loss and accuracy, lr, seconds, throughput, memory)
+      checkpoints/         latest.json -> epoch-NNNN/{model,ema,best}.safetensors + state.pt
+      results.json         status and summary figures, each named by its split (train,
+                           selection, test); the budget, steps, convergence; which weights the
+                           final evaluation used (``evaluated_weights``: model, ema, best)
       skipped.csv          image files that could not be decoded, with the reason
-      metrics.json         the final evaluation
-      predictions.parquet  one row per validation image
+      metrics.json         the final evaluation, on the test split
+      predictions.parquet  one row per test image
       profile.json         the efficiency profile (studies)
       traceback.txt        why a study cell failed
 
@@ -169,12 +171,20 @@ class CheckpointFiles:
         return self.path / "ema.safetensors"
 
     @property
+    def best_weights(self) -> Path:
+        """Early stopping: the best selection score's weights, which the run reports."""
+        return self.path / "best.safetensors"
+
+    @property
     def state(self) -> Path:
         return self.path / "state.pt"
 
     @property
     def evaluated_weights(self) -> Path:
-        """The weights a run is evaluated on: the EMA where the run kept one."""
+        """The weights a run is evaluated on: the best selection score's under early stopping,
+        else the EMA where the run kept one, else the last."""
+        if self.best_weights.is_file():
+            return self.best_weights
         return self.ema_weights if self.ema_weights.is_file() else self.weights
 
 

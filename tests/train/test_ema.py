@@ -39,7 +39,7 @@ def _steps(decay: float, steps: int = 6) -> tuple[torch.nn.Module, ModelEmaV3]:
     step = TrainingStep(
         model,
         optimizer,
-        build_scheduler(optimizer, optim, steps_per_epoch=steps, epochs=1),
+        build_scheduler(optimizer, optim, steps_per_epoch=steps, total_steps=steps),
         loss_fn=make_loss(0.0),
         runtime=resolve_runtime(TrainConfig(device="cpu")),
         ema=ema,

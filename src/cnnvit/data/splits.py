@@ -1,4 +1,11 @@
-"""Class subsets, seeded validation splits and nested stratified training fractions.
+"""Class subsets, the held-out splits and nested stratified training fractions.
+
+Three disjoint splits (:func:`three_way`): the **test** split (the dataset's own, or a seeded
+hold-out of its training files) is touched only for the final numbers; the **selection** split,
+a fixed stratified hold-out of the training pool, decides everything chosen during training
+(best epoch, early stopping, recipe tuning); the **training fractions** are nested subsets of
+what remains. Both hold-outs follow ``holdout_seed``, not the cell's seed, so every cell of a
+study shares them and only its training subset changes.
 
 Nesting matters for a data-size study (seed 000: 25 %, 50 %, 100 %): the 25 % set must lie
 inside the 50 % set, so that the curve measures "more data", not "different data". We get that
@@ -10,6 +17,7 @@ independently, so they cannot give nesting; hence this small hand-written routin
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
@@ -78,28 +86,44 @@ def select_classes(splits: DatasetSplits, names: list[str]) -> DatasetSplits:
         sub.labels = old_to_new[sub.labels]
         return sub
 
-    return DatasetSplits(
-        name=splits.name,
+    return replace(
+        splits,
         classes=list(names),
         train=keep(splits.train),
         val=keep(splits.val),
-        skipped=splits.skipped,
-        mean=splits.mean,
-        std=splits.std,
+        selection=keep(splits.selection),
     )
 
 
 def ensure_validation(splits: DatasetSplits, val_fraction: float, seed: int) -> DatasetSplits:
-    """Give a dataset without a held-out split a seeded, stratified one carved from train."""
+    """Give a dataset without a held-out (test) split a seeded, stratified one carved from
+    train."""
     if splits.val is not None:
         return splits
     train_idx, val_idx = stratified_holdout(splits.train.labels, val_fraction, seed)
-    return DatasetSplits(
-        name=splits.name,
-        classes=splits.classes,
-        train=splits.train.subset(train_idx),
-        val=splits.train.subset(val_idx),
-        skipped=splits.skipped,
-        mean=splits.mean,
-        std=splits.std,
+    return replace(splits, train=splits.train.subset(train_idx), val=splits.train.subset(val_idx))
+
+
+# A different stream from the test hold-out's, so that the two hold-outs are not correlated.
+_SELECTION_STREAM = 104_729
+
+
+def carve_selection(splits: DatasetSplits, size: float, seed: int) -> DatasetSplits:
+    """Hold a stratified selection split out of the training pool: ``size`` is a fraction
+    (< 1) or a number of images (>= 1); every class keeps at least one training image."""
+    pool = len(splits.train)
+    fraction = size if size < 1 else size / pool
+    if not 0 < fraction < 1:
+        raise DataError(
+            f"data.selection_size={size:g} leaves no training images out of {pool:,}; give a "
+            "fraction below 1 or fewer images"
+        )
+    train_idx, sel_idx = stratified_holdout(splits.train.labels, fraction, seed + _SELECTION_STREAM)
+    if not len(sel_idx):
+        raise DataError(
+            f"data.selection_size={size:g} holds out no image of the {pool:,} training images; "
+            "raise it"
+        )
+    return replace(
+        splits, train=splits.train.subset(train_idx), selection=splits.train.subset(sel_idx)
     )

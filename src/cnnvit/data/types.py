@@ -80,7 +80,10 @@ class DatasetSplits:
     name: str
     classes: list[str]
     train: Source
-    val: Source | None = None  # None where the format has no held-out split
+    val: Source | None = None  # the test split; None where the format has no held-out split
+    # Held out of the training pool for every choice made during training (best epoch, early
+    # stopping, recipe tuning); carved by the pipeline, never by a reader.
+    selection: Source | None = None
     skipped: list[SkippedFile] = field(default_factory=list)
     # Per-channel mean/std of the raw pixels in [0, 1], where the format has well-known values.
     mean: tuple[float, ...] | None = None

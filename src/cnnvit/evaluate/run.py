@@ -1,4 +1,4 @@
-"""Evaluate a model on a validation split and write ``metrics.json`` and ``predictions.parquet``."""
+"""Evaluate a model on a run's test split and write ``metrics.json`` and ``predictions.parquet``."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from cnnvit.ui import progress_bar
 
 
 def evaluate_config(cfg: RunConfig, weights: dict[str, torch.Tensor] | None, out_dir: Path) -> dict:
-    """Build the model and validation data that ``cfg`` describes, load ``weights``, evaluate."""
+    """Build the model and test split that ``cfg`` describes, load ``weights``, evaluate."""
     with num_threads(cfg.train.threads):
         return _evaluate(cfg, weights, Path(out_dir))
 
@@ -29,7 +29,7 @@ def _evaluate(cfg: RunConfig, weights: dict[str, torch.Tensor] | None, out_dir: 
         model.load_state_dict(weights)
     with progress_bar(cfg.train.progress) as progress:
         logits, labels = predict_logits(
-            model, data.val, data.eval_transform, runtime=runtime, progress=progress
+            model, data.open_test(), data.eval_transform, runtime=runtime, progress=progress
         )
     probs = torch.softmax(logits.float(), dim=1).numpy()  # (N, C)
     return write_evaluation(out_dir, probs, labels.numpy(), data.classes)

@@ -32,9 +32,9 @@ __all__ = ["agree_runs", "validation_images", "validation_mismatch"]
 
 # The data settings that decide which images the validation split holds (image_size, channels,
 # normalisation and the training fraction change how they are seen or trained on, not which).
-_SAME_IMAGES_KEYS = ("spec", "root", "classes", "max_val_images")
+_SAME_IMAGES_KEYS = ("spec", "root", "classes", "max_test_images")
 # These matter only where the validation split is carved out of the training files.
-_HOLDOUT_KEYS = ("val_fraction", "split_seed")
+_HOLDOUT_KEYS = ("test_fraction", "holdout_seed")
 
 
 def agree_runs(

@@ -1,8 +1,9 @@
 """Atomic checkpoints: weights as safetensors, training state beside them, a pointer to the latest.
 
 The layout is the run folder's (:class:`cnnvit.folders.RunFolder`: ``checkpoints/latest.json``
--> ``epoch-NNNN/`` with ``model.safetensors``, ``ema.safetensors`` when the run keeps an EMA, and
-``state.pt``: optimiser, scheduler and RNG states, tensors and plain containers only, so it loads
+-> ``epoch-NNNN/`` with ``model.safetensors``, ``ema.safetensors`` when the run keeps an EMA,
+``best.safetensors`` under early stopping (the best selection score's weights, which the run
+reports), and ``state.pt``: optimiser, scheduler and RNG states, tensors and plain containers only, so it loads
 with ``weights_only``). A checkpoint folder is written under a temporary name and renamed into
 place, then the pointer is replaced atomically; a crash at any moment leaves the previous pointer
 and its folder intact.
@@ -29,6 +30,7 @@ class Checkpoint:
     weights: dict[str, torch.Tensor]
     state: dict[str, Any]
     ema_weights: dict[str, torch.Tensor] | None = None
+    best_weights: dict[str, torch.Tensor] | None = None  # early stopping: what it reports
 
 
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -43,8 +45,10 @@ def save_checkpoint(
     model: torch.nn.Module,
     state: dict[str, Any],
     ema_model: torch.nn.Module | None = None,
+    best_weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write epoch ``epoch`` atomically and drop older checkpoints; ``ema_model``: the EMA copy."""
+    """Write epoch ``epoch`` atomically and drop older checkpoints; ``ema_model``: the EMA copy;
+    ``best_weights``: the weights early stopping will restore."""
     folder = RunFolder(run_dir)
     final = folder.checkpoint(epoch)
     folder.checkpoints.mkdir(parents=True, exist_ok=True)
@@ -52,6 +56,9 @@ def save_checkpoint(
     save_file(model_state(model), tmp.weights, metadata={"epoch": str(epoch)})
     if ema_model is not None:
         save_file(model_state(ema_model), tmp.ema_weights, metadata={"epoch": str(epoch)})
+    if best_weights is not None:
+        tensors = {k: v.contiguous() for k, v in best_weights.items()}
+        save_file(tensors, tmp.best_weights, metadata={"epoch": str(epoch)})
     torch.save(state, tmp.state)
     if final.path.exists():
         shutil.rmtree(final.path)
@@ -76,13 +83,17 @@ def load_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu") -> 
     weights = load_file(latest.weights, device=str(map_location))
     # weights_only: the state holds tensors, numbers and dicts; nothing else may be unpickled.
     state = torch.load(latest.state, map_location=map_location, weights_only=True)
-    ema = None
+    ema = best = None
     if latest.ema_weights.is_file():
         ema = load_file(latest.ema_weights, device=str(map_location))
-    return Checkpoint(epoch=int(state["epoch"]), weights=weights, state=state, ema_weights=ema)
+    if latest.best_weights.is_file():
+        best = load_file(latest.best_weights, device=str(map_location))
+    return Checkpoint(int(state["epoch"]), weights, state, ema_weights=ema, best_weights=best)
 
 
 def evaluated_weights(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
-    """The weights a run is evaluated on: its EMA where it kept one (as its training run's
-    validation and final evaluation were)."""
+    """The weights a run is evaluated on, as its final evaluation was: the best selection
+    score's under early stopping, else its EMA where it kept one, else the last."""
+    if checkpoint.best_weights is not None:
+        return checkpoint.best_weights
     return checkpoint.ema_weights if checkpoint.ema_weights is not None else checkpoint.weights

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import torch
@@ -97,6 +97,39 @@ class TrainingStep:
     ema: ModelEmaV3 | None = None
 
 
+# Called at a pause inside an epoch with the global step and the stats since the last pause;
+# returns True to stop training there (early stopping).
+PauseFn = Callable[[int, "EpochStats"], bool]
+
+
+@dataclass
+class _Tally:
+    """Running loss, correct predictions and images of a stretch of steps (on the device)."""
+
+    device: torch.device
+    start: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.correct = torch.zeros((), device=self.device, dtype=torch.long)
+        self.seen = 0
+        self.start = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.loss_sum += loss.detach() * len(labels)
+        self.correct += (logits.detach().argmax(1) == labels).sum()
+        self.seen += len(labels)
+
+    def stats(self) -> EpochStats:
+        _synchronize(self.device)
+        seconds = time.perf_counter() - self.start
+        n = max(self.seen, 1)
+        return EpochStats(self.loss_sum.item() / n, self.correct.item() / n, self.seen, seconds)
+
+
 def train_one_epoch(
     step: TrainingStep,
     loader: Loader,
@@ -106,6 +139,9 @@ def train_one_epoch(
     first_step: int,
     progress: Progress | None = None,
     label: str = "train",
+    stop_at: int | None = None,
+    pause_at: Collection[int] = (),
+    on_pause: PauseFn | None = None,
 ) -> EpochStats:
     """Train for one pass over ``loader``; raise DivergedError on a non-finite loss.
 
@@ -113,56 +149,74 @@ def train_one_epoch(
     the train accuracy then counts a prediction as right when it is the dominant (larger-weight)
     original label of the mixed image. With ``step.ema``, the EMA is updated after every
     optimizer step, with the global step so that a warmup schedule continues across a resume.
+
+    The pass ends early at global step ``stop_at``. After each global step in ``pause_at``,
+    ``on_pause(step, stats since the last pause)`` runs (it may score the model; the model is
+    put back in training mode after it) and ends the pass by returning True. The returned stats
+    cover the steps since the last pause.
     """
-    model, optimizer, runtime, mix, ema = (
-        step.model,
-        step.optimizer,
-        step.runtime,
-        step.mix,
-        step.ema,
-    )
+    model, runtime = step.model, step.runtime
     model.train()
-    device = runtime.device
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
-    task = progress.add_task(label, total=len(loader), rate="") if progress else None
-    start = time.perf_counter()
+    tally = _Tally(runtime.device)
+    last = first_step + len(loader) if stop_at is None else min(stop_at, first_step + len(loader))
+    task = progress.add_task(label, total=last - first_step, rate="") if progress else None
     for i, (images, labels) in enumerate(loader):
-        step.scheduler.step_update(first_step + i + 1)
-        if mix is None:
-            x = _to_input(images, transform, runtime, generator)
-            targets = labels  # (B,)
-        else:
-            # labels becomes the dominant label of each mixed image: accuracy is counted on it.
-            x, targets, labels = _mixed_input(images, labels, transform, mix, runtime, generator)
-        with runtime.autocast_context():
-            logits = model(x)  # (B, num_classes)
-        loss = step.loss_fn(logits, targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if step.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), step.grad_clip)
-        optimizer.step()
-        if ema is not None:
-            ema.update(getattr(model, "_orig_mod", model), step=first_step + i + 1)
-        loss_sum += loss.detach() * len(labels)
-        correct += (logits.detach().argmax(1) == labels).sum()
-        seen += len(labels)
-        if (i + 1) % SYNC_EVERY == 0 or i + 1 == len(loader):
-            _check_finite(loss_sum, first_step + i + 1)
-            if progress is not None:
-                rate = seen / (time.perf_counter() - start)
-                progress.update(
-                    task,
-                    completed=i + 1,
-                    rate=f"{rate:,.0f} img/s  loss {loss_sum.item() / seen:.3f}",
-                )
-    _synchronize(device)
-    seconds = time.perf_counter() - start
+        global_step = first_step + i + 1
+        logits, loss, labels = _one_step(step, images, labels, transform, generator, global_step)
+        tally.add(loss, logits, labels)
+        if (i + 1) % SYNC_EVERY == 0 or global_step == last or global_step in pause_at:
+            _check_finite(tally.loss_sum, global_step)
+            _show_rate(progress, task, i + 1, tally)
+        if global_step in pause_at and on_pause is not None:
+            stop = on_pause(global_step, tally.stats())
+            model.train()
+            tally.reset()
+            if stop:
+                break
+        if global_step >= last:
+            break
     if progress is not None:
         progress.remove_task(task)
-    return EpochStats(loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1), seen, seconds)
+    return tally.stats()
+
+
+def _one_step(
+    step: TrainingStep,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    transform: BatchTransform,
+    generator: torch.Generator,
+    global_step: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimiser step; returns the logits (B, C), the loss and the labels accuracy counts."""
+    step.scheduler.step_update(global_step)
+    if step.mix is None:
+        x = _to_input(images, transform, step.runtime, generator)
+        targets = labels  # (B,)
+    else:
+        # labels becomes the dominant label of each mixed image: accuracy is counted on it.
+        x, targets, labels = _mixed_input(
+            images, labels, transform, step.mix, step.runtime, generator
+        )
+    with step.runtime.autocast_context():
+        logits = step.model(x)  # (B, num_classes)
+    loss = step.loss_fn(logits, targets)
+    step.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if step.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(step.model.parameters(), step.grad_clip)
+    step.optimizer.step()
+    if step.ema is not None:
+        step.ema.update(getattr(step.model, "_orig_mod", step.model), step=global_step)
+    return logits, loss, labels
+
+
+def _show_rate(progress: Progress | None, task, done: int, tally: _Tally) -> None:
+    if progress is None:
+        return
+    rate = tally.seen / max(time.perf_counter() - tally.start, 1e-9)
+    loss = tally.loss_sum.item() / max(tally.seen, 1)
+    progress.update(task, completed=done, rate=f"{rate:,.0f} img/s  loss {loss:.3f}")
 
 
 def _check_finite(loss_sum: torch.Tensor, step: int) -> None:

@@ -32,11 +32,15 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Opt
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: OptimConfig, *, steps_per_epoch: int, epochs: int
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, *, steps_per_epoch: int, total_steps: int
 ) -> Scheduler:
-    """A per-step schedule: linear warmup from 0, then cosine to ``min_lr_ratio * lr`` or flat."""
-    total = max(1, steps_per_epoch * epochs)
-    warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total - 1)
+    """A per-step schedule over ``total_steps``: linear warmup from 0 (``warmup_steps``, else
+    ``warmup_epochs`` epochs), then cosine to ``min_lr_ratio * lr`` or flat."""
+    total = max(1, total_steps)
+    if cfg.warmup_steps is not None:
+        warmup = min(cfg.warmup_steps, total - 1)
+    else:
+        warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total - 1)
     if cfg.schedule == "cosine":
         return CosineLRScheduler(
             optimizer,

@@ -1,15 +1,20 @@
 """``cnnvit train``: one model, one dataset, one run folder.
 
 The run folder (:class:`cnnvit.folders.RunFolder`) is the interface to every later stage: the
-resolved config, the environment, the epoch log, the checkpoints, results.json (status and
-summary figures, the model's family, and ``evaluated_weights``: whether validation and the final
-evaluation used the live weights or their EMA), the skipped files and the final evaluation.
+resolved config, the environment, the log of selection scores, the checkpoints, results.json
+(status and summary figures, the model's family, the budget and the steps taken, whether the
+run was still improving when it stopped, and ``evaluated_weights``: the live weights, their EMA,
+or the best selection score's under early stopping), the skipped files and the final evaluation.
+
+Three splits (:mod:`cnnvit.data.splits`): the model trains on its fraction of the training
+pool; the selection split is scored during training (the log, the best score, early stopping);
+the test split is read once, by the final evaluation, and gives every reported number.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +28,13 @@ from cnnvit.folders import RunFolder, RunFolderError
 from cnnvit.metrics import write_evaluation
 from cnnvit.models import count_parameters, model_family
 from cnnvit.runtime import PeakMemory, Runtime, capture_environment, num_threads
+from cnnvit.stats.convergence import still_improving
 from cnnvit.train.assemble import assemble
+from cnnvit.train.budget import BestWeights, Plan, best_in, evaluations_since_best, plan_budget
 from cnnvit.train.checkpoint import load_checkpoint, save_checkpoint
 from cnnvit.train.loop import (
     DivergedError,
+    EpochStats,
     TrainingStep,
     make_loss,
     predict_logits,
@@ -35,14 +43,17 @@ from cnnvit.train.loop import (
 from cnnvit.train.optim import build_optimizer, build_scheduler, current_lr
 from cnnvit.ui import console, progress_bar
 
+# One row per selection score: after every epoch (budget `epochs`), or at evenly spaced steps.
+# The train columns cover the steps since the previous row; `seconds` is their training time.
 EPOCH_COLUMNS = [
     "epoch",
+    "step",
     "train_loss",
     "train_acc",
-    "val_loss",
-    "val_acc",
+    "selection_loss",
+    "selection_acc",
     "lr",
-    "epoch_seconds",
+    "seconds",
     "images_per_second",
     "peak_memory_mb",
 ]
@@ -60,10 +71,22 @@ class Session:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     generator: torch.Generator
-    ema: ModelEmaV3 | None = None  # EMA of the weights; validated instead of the model
+    plan: Plan
+    ema: ModelEmaV3 | None = None  # EMA of the weights; scored instead of the model
     start_epoch: int = 1
     history: list[dict] = field(default_factory=list)
-    last_val: tuple[torch.Tensor, torch.Tensor] | None = None  # logits (N, C), labels (N,)
+    best: BestWeights = field(default_factory=BestWeights)
+    stopped_early: bool = False
+
+
+# Which split each number of results.json comes from.
+SPLITS = {
+    "train": "the cell's fraction of the training pool",
+    "selection": "held out of the training pool; scored during training (log, best score, early "
+    "stopping, tuning)",
+    "test": "the dataset's test split (or a hold-out of it where it has none); read once, for "
+    "the final numbers",
+}
 
 
 # --- public entry points ------------------------------------------------------------------
@@ -120,9 +143,12 @@ def _run_session(cfg: RunConfig, folder: RunFolder, *, resume: bool) -> dict:
     metrics = _final_evaluation(session)
     results.update(
         status="completed",
-        final_top1=metrics["top1"],
-        final_top5=metrics["top5"],
-        macro_f1=metrics["macro"]["f1"],
+        test_top1=metrics["top1"],
+        test_top5=metrics["top5"],
+        test_macro_f1=metrics["macro"]["f1"],
+        test_ece=metrics.get("ece"),
+        stopped_early=session.stopped_early,
+        convergence=_convergence(session),
     )
     return _finish(session, results)
 
@@ -131,16 +157,18 @@ def _open_session(cfg: RunConfig, folder: RunFolder, *, resume: bool) -> Session
     parts = assemble(cfg)
     runtime, data, model, generator = parts.runtime, parts.data, parts.model, parts.generator
     optimizer = build_optimizer(model, cfg.optim)
+    plan = plan_budget(cfg.train.budget, epochs=cfg.train.epochs, steps_per_epoch=len(data.train))
     scheduler = build_scheduler(
-        optimizer, cfg.optim, steps_per_epoch=len(data.train), epochs=cfg.train.epochs
+        optimizer, cfg.optim, steps_per_epoch=plan.steps_per_epoch, total_steps=plan.total_steps
     )
-    session = Session(cfg, folder, runtime, data, model, optimizer, scheduler, generator)
+    session = Session(cfg, folder, runtime, data, model, optimizer, scheduler, generator, plan)
     if cfg.train.ema_decay is not None:
         # Built from the uncompiled model (compile wraps it below); same device and dtype.
         session.ema = ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=cfg.train.ema_warmup)
     # Only now, with data and model known to be good, does the run folder appear.
     folder.path.mkdir(parents=True, exist_ok=True)
     console.print(f"run folder: {folder.path}")
+    console.print(f"budget: {plan.describe()}")
     if resume:
         _restore(session)
     else:
@@ -172,13 +200,16 @@ def _restore(session: Session) -> None:
     # Rows written after the checkpoint (a crash between the two) are dropped and re-run.
     session.history = [r for r in rows if int(r["epoch"]) <= ckpt.epoch]
     folder.write_epochs(EPOCH_COLUMNS, session.history)
+    if session.history:
+        acc, step, epoch = best_in(session.history, session.plan.min_delta)
+        session.best = BestWeights(acc, step, epoch, ckpt.best_weights)
     session.start_epoch = ckpt.epoch + 1
     console.print(f"resuming {folder.path} after epoch {ckpt.epoch}")
 
 
 def _train_epochs(s: Session, results: dict) -> None:
-    cfg = s.cfg
-    loss_fn, val_loss_fn = make_loss(cfg.optim.label_smoothing), make_loss(0.0)
+    cfg, plan = s.cfg, s.plan
+    loss_fn = make_loss(cfg.optim.label_smoothing)
     mix = BatchMix.from_config(
         s.data.train_transform.augment, s.data.num_classes, cfg.optim.label_smoothing
     )
@@ -186,41 +217,80 @@ def _train_epochs(s: Session, results: dict) -> None:
         s.model, s.optimizer, s.scheduler, loss_fn, s.runtime, cfg.optim.grad_clip, mix, s.ema
     )
     peak = PeakMemory(s.runtime.device)
-    steps = len(s.data.train)
     s.folder.write_results(results)
-    for epoch in range(s.start_epoch, cfg.train.epochs + 1):
+    s.stopped_early = _patience_spent(s)
+    for epoch in range(s.start_epoch, plan.epochs + 1):
+        if s.stopped_early:
+            break
+        first, last = plan.epoch_steps(epoch)
         peak.reset()
         with progress_bar(cfg.train.progress) as progress:
-            stats = train_one_epoch(
+
+            def pause(global_step: int, stats: EpochStats, epoch: int = epoch) -> bool:
+                return _score(s, epoch, global_step, stats, peak, progress)
+
+            train_one_epoch(
                 step,
                 s.data.train,
                 s.data.train_transform,
                 generator=s.generator,
-                first_step=(epoch - 1) * steps,
+                first_step=first,
                 progress=progress,
-                label=f"epoch {epoch}/{cfg.train.epochs}",
+                label=f"epoch {epoch}/{plan.epochs}",
+                stop_at=last,
+                pause_at=set(plan.evaluate_at),
+                on_pause=pause,
             )
-            logits, labels = _validate(s, progress)
-        row = {
-            "epoch": epoch,
-            "train_loss": stats.loss,
-            "train_acc": stats.accuracy,
-            "val_loss": val_loss_fn(logits, labels).item(),
-            "val_acc": (logits.argmax(1) == labels).float().mean().item(),
-            "lr": current_lr(s.optimizer),
-            "epoch_seconds": stats.seconds,
-            "images_per_second": stats.images_per_second,
-            "peak_memory_mb": peak.peak_mb(),
-        }
-        s.history.append(row)
-        s.last_val = (logits, labels)
-        s.folder.write_epochs(EPOCH_COLUMNS, s.history)
         if cfg.output.checkpoint:
-            ema_model = s.ema.module if s.ema is not None else None
-            save_checkpoint(s.folder.path, epoch, s.model, _training_state(s, epoch), ema_model)
-        _print_epoch(row, cfg.train.epochs)
+            _save(s, epoch)
         results.update(_summary(s))
         s.folder.write_results(results)
+
+
+def _score(
+    s: Session, epoch: int, global_step: int, stats: EpochStats, peak: PeakMemory, progress
+) -> bool:
+    """Score the selection split after ``global_step``, log it; True to stop (early stopping)."""
+    logits, labels = predict_logits(
+        _evaluated(s), s.data.selection, s.data.eval_transform, runtime=s.runtime, progress=progress
+    )
+    row = {
+        "epoch": epoch,
+        "step": global_step,
+        "train_loss": stats.loss,
+        "train_acc": stats.accuracy,
+        "selection_loss": make_loss(0.0)(logits, labels).item(),
+        "selection_acc": (logits.argmax(1) == labels).float().mean().item(),
+        "lr": current_lr(s.optimizer),
+        "seconds": stats.seconds,
+        "images_per_second": stats.images_per_second,
+        "peak_memory_mb": peak.peak_mb(),
+    }
+    peak.reset()
+    s.history.append(row)
+    s.folder.write_epochs(EPOCH_COLUMNS, s.history)
+    keep = _evaluated(s) if s.plan.kind == "early_stopping" else None
+    s.best.offer(row["selection_acc"], global_step, epoch, keep, s.plan.min_delta)
+    _print_row(row, s.plan)
+    s.stopped_early = _patience_spent(s)
+    if s.stopped_early:
+        console.print(
+            f"early stopping at step {global_step:,}: no better selection score in "
+            f"{s.plan.patience} scores since step {s.best.step:,}"
+        )
+    return s.stopped_early
+
+
+def _patience_spent(s: Session) -> bool:
+    if s.plan.patience is None or not s.history:
+        return False
+    return evaluations_since_best(s.history, s.best.step) >= s.plan.patience
+
+
+def _save(s: Session, epoch: int) -> None:
+    ema_model = s.ema.module if s.ema is not None else None
+    best = s.best.weights if s.plan.kind == "early_stopping" else None
+    save_checkpoint(s.folder.path, epoch, s.model, _training_state(s, epoch), ema_model, best)
 
 
 def _training_state(s: Session, epoch: int) -> dict:
@@ -237,25 +307,21 @@ def _training_state(s: Session, epoch: int) -> dict:
 
 
 def _final_evaluation(s: Session) -> dict:
-    """Metrics of the final weights: the last epoch's validation pass, or a new one on resume."""
-    if s.last_val is not None:
-        logits, labels = s.last_val
-    else:
-        with progress_bar(s.cfg.train.progress) as progress:
-            logits, labels = _validate(s, progress)
+    """Metrics on the test split (opened here, and only here) of the weights the run reports:
+    the best selection score's under early stopping, else the last (their EMA where kept)."""
+    model = _evaluated(s)
+    if s.plan.kind == "early_stopping" and s.best.weights is not None:
+        model.load_state_dict(s.best.weights)
+    with progress_bar(s.cfg.train.progress) as progress:
+        logits, labels = predict_logits(
+            model, s.data.open_test(), s.data.eval_transform, runtime=s.runtime, progress=progress
+        )
     probs = torch.softmax(logits.float(), dim=1).numpy()  # (N, C)
     return write_evaluation(s.folder.path, probs, labels.numpy(), s.data.classes)
 
 
-def _validate(s: Session, progress) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (N, C) and labels (N,) of the validation split, with the evaluated weights."""
-    return predict_logits(
-        _evaluated(s), s.data.val, s.data.eval_transform, runtime=s.runtime, progress=progress
-    )
-
-
 def _evaluated(s: Session) -> torch.nn.Module:
-    """The weights that validation and the final evaluation use: the EMA when there is one."""
+    """The weights that are scored: the EMA when there is one."""
     return s.ema.module if s.ema is not None else s.model
 
 
@@ -274,13 +340,16 @@ def _base_results(s: Session) -> dict:
         "seed": s.cfg.train.seed,
         "num_classes": s.data.num_classes,
         "num_train_images": s.data.train.num_images,
-        "num_val_images": s.data.val.num_images,
+        "num_selection_images": s.data.selection.num_images,
+        "num_test_images": s.data.test.num_images,
+        "splits": SPLITS,
         "image_size": s.data.image_size,
         "in_memory": s.data.in_memory,
         "params_total": total,
         "params_trainable": trainable,
-        "epochs_planned": s.cfg.train.epochs,
-        "evaluated_weights": "ema" if s.ema is not None else "model",
+        "budget": s.plan.to_dict(),
+        "epochs_planned": s.plan.epochs,
+        "evaluated_weights": _weights_word(s),
         **_summary(s),
     }
 
@@ -290,19 +359,36 @@ def _summary(s: Session) -> dict:
     skipped = s.data.all_skipped()
     s.folder.write_skipped([(f.path, f.reason) for f in skipped])
     if not h:
-        return {"epochs_completed": 0, "skipped_files": len(skipped)}
-    best = max(h, key=lambda r: float(r["val_acc"]))
-    seconds = [float(r["epoch_seconds"]) for r in h]
+        return {"epochs_completed": 0, "steps_completed": 0, "skipped_files": len(skipped)}
+    seconds = sum(float(r["seconds"]) for r in h)
+    steps = int(h[-1]["step"])
+    epochs = steps / s.plan.steps_per_epoch
     return {
-        "epochs_completed": int(h[-1]["epoch"]),
-        "best_val_acc": float(best["val_acc"]),
-        "best_epoch": int(best["epoch"]),
-        "final_val_acc": float(h[-1]["val_acc"]),
-        "mean_epoch_seconds": sum(seconds) / len(seconds),
-        "train_seconds": sum(seconds),
+        "steps_completed": steps,
+        "epochs_completed": round(epochs, 3),
+        "best_selection_acc": s.best.accuracy,
+        "best_step": s.best.step,
+        "best_epoch": s.best.epoch,
+        "final_selection_acc": float(h[-1]["selection_acc"]),
+        "mean_epoch_seconds": seconds / epochs,
+        "train_seconds": seconds,
         "peak_memory_mb": max(float(r["peak_memory_mb"]) for r in h),
         "skipped_files": len(skipped),
     }
+
+
+def _convergence(s: Session) -> dict:
+    """Whether the selection score was still rising when training stopped (the last quarter's
+    gain against its noise; :mod:`cnnvit.stats.convergence`)."""
+    steps = [float(r["step"]) for r in s.history]
+    accuracy = [float(r["selection_acc"]) for r in s.history]
+    return asdict(still_improving(steps, accuracy))
+
+
+def _weights_word(s: Session) -> str:
+    if s.plan.kind == "early_stopping":
+        return "best_ema" if s.ema is not None else "best"
+    return "ema" if s.ema is not None else "model"
 
 
 def _finish(s: Session, results: dict) -> dict:
@@ -311,12 +397,12 @@ def _finish(s: Session, results: dict) -> dict:
     return results
 
 
-def _print_epoch(row: dict, epochs: int) -> None:
+def _print_row(row: dict, plan: Plan) -> None:
     console.print(
-        f"epoch {row['epoch']}/{epochs}"
+        f"epoch {row['epoch']}/{plan.epochs} step {row['step']:,}/{plan.total_steps:,}"
         f"  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}"
-        f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  lr {row['lr']:.2e}"
-        f"  {row['epoch_seconds']:.1f}s  {row['images_per_second']:,.0f} img/s"
+        f"  selection loss {row['selection_loss']:.4f} acc {row['selection_acc']:.4f}"
+        f"  lr {row['lr']:.2e}  {row['seconds']:.1f}s  {row['images_per_second']:,.0f} img/s"
         f"  peak {row['peak_memory_mb']:,.0f} MB",
         soft_wrap=True,
     )
