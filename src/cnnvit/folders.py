@@ -20,8 +20,9 @@ without importing torch::
       traceback.txt        why a study cell failed
 
     STUDY FOLDER (``cnnvit compare``)
-      study.yaml, study.json, runs/<cell>/, analysis/<name>/, agreement/, results.csv,
-      results.parquet, summary.csv, tables/, figures/, report.html
+      study.yaml, study.json, runs/<cell>/, tuning/<trial>/ + tuning.json (the recipe search),
+      analysis/<name>/, agreement/, results.csv, results.parquet, summary.csv, tables/,
+      figures/, report.html
 
     ANALYSIS FOLDER (``analysis/<name>/`` of a study, or what an analysis command writes)
       <name>.json          every number and the settings; PNG figures and CSV tables beside it
@@ -476,6 +477,25 @@ class StudyFolder:
     def agreement(self) -> Path:
         """Images where two models disagree, saved by the study for the report's grid."""
         return self.path / "agreement"
+
+    @property
+    def tuning(self) -> Path:
+        """The recipe search: one run folder per model and tried setting, and tuning.json."""
+        return self.path / "tuning"
+
+    @property
+    def tuning_json(self) -> Path:
+        """Every tried setting with its selection score, and the chosen one per model."""
+        return self.tuning / "tuning.json"
+
+    def tuning_run(self, trial_id: str) -> RunFolder:
+        return RunFolder(self.tuning / trial_id)
+
+    def read_tuning(self) -> dict[str, Any] | None:
+        return read_json(self.tuning_json)
+
+    def write_tuning(self, data: Mapping[str, Any]) -> None:
+        write_json(self.tuning_json, data)
 
     def run(self, cell_id: str) -> RunFolder:
         return RunFolder(self.runs / cell_id)

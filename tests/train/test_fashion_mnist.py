@@ -30,7 +30,7 @@ def test_resnet_mini_learns_fashion_mnist(tmp_path: Path, has_fashion_mnist: boo
     )
     results = train(cfg)
     assert results["num_train_images"] == 6000  # a stratified tenth of 60,000
-    assert results["num_val_images"] == 10000  # the official test split
+    assert results["num_test_images"] == 10000  # the official test split
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["classes"][9] == "Ankle boot"
     assert [c["support"] for c in metrics["per_class"]] == [1000] * 10

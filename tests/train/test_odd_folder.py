@@ -69,7 +69,7 @@ def test_run_completes_and_names_bad_files(tmp_path: Path, in_memory: str):
     metrics = json.loads((out / "metrics.json").read_text())
     # every readable image is in exactly one split: 24 plain + 6 odd readable ones
     expected_val = metrics["num_images"]
-    assert results["num_val_images"] >= expected_val
-    assert results["num_train_images"] + results["num_val_images"] == 24 + 6 + (
+    assert results["num_test_images"] >= expected_val
+    assert results["num_train_images"] + results["num_test_images"] == 24 + 6 + (
         len(BAD) if in_memory == "never" else 0
     )

@@ -16,7 +16,7 @@ from cnnvit.train import run as run_module
 from cnnvit.train.checkpoint import latest_checkpoint_dir, load_checkpoint
 from cnnvit.train.run import EPOCH_COLUMNS, resume, train
 
-TIMING = {"epoch_seconds", "images_per_second", "peak_memory_mb"}
+TIMING = {"seconds", "images_per_second", "peak_memory_mb"}
 
 
 def _cfg(out: Path, *extra: str):
@@ -56,13 +56,16 @@ def finished_run(tmp_path_factory) -> Path:
 def test_two_epochs_learn_well_above_chance(finished_run: Path):
     results = json.loads((finished_run / "results.json").read_text())
     assert results["num_classes"] == 10
-    assert results["final_val_acc"] > 0.5  # chance is 0.1
+    assert results["test_top1"] > 0.5  # chance is 0.1
     assert results["epochs_completed"] == 2
+    # 10 % of the 2,000 synthetic training images are held out for selection
+    assert results["num_selection_images"] == 200 and results["num_train_images"] == 1800
 
 
 def test_run_folder_holds_everything(finished_run: Path):
     rows = _rows(finished_run)
     assert list(rows[0]) == EPOCH_COLUMNS and [r["epoch"] for r in rows] == ["1", "2"]
+    assert [r["step"] for r in rows] == ["29", "58"]  # 1,800 images at batch 64: 29 steps
     assert all(float(r["images_per_second"]) > 0 and float(r["peak_memory_mb"]) > 0 for r in rows)
     env = json.loads((finished_run / "environment.json").read_text())
     assert env["torch"] == torch.__version__ and env["dtype"] == "float32" and env["seed"] == 0
@@ -72,9 +75,11 @@ def test_run_folder_holds_everything(finished_run: Path):
     assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
     preds = pd.read_parquet(finished_run / "predictions.parquet")
     results = json.loads((finished_run / "results.json").read_text())
-    assert len(preds) == results["num_val_images"]
-    # the last epoch's validation accuracy is the accuracy of the saved predictions
-    assert (preds.label == preds.prediction).mean() == pytest.approx(float(rows[-1]["val_acc"]))
+    assert len(preds) == results["num_test_images"]
+    # the saved predictions are the test split's, and give the reported test accuracy
+    assert (preds.label == preds.prediction).mean() == pytest.approx(results["test_top1"])
+    metrics = json.loads((finished_run / "metrics.json").read_text())
+    assert metrics["top1"] == pytest.approx(results["test_top1"])
 
 
 def test_same_seed_same_numbers_and_resume_is_exact(
@@ -106,7 +111,7 @@ def test_nan_loss_marks_diverged_and_keeps_last_good_checkpoint(tmp_path: Path, 
         def poisoned(logits, labels):
             calls["n"] += 1
             loss = loss_fn(logits, labels)
-            # Steps of epoch 1 (32 of them at batch 64) are clean; epoch 2 turns NaN.
+            # Epoch 1 (29 steps at batch 64, one selection score) is clean; epoch 2 turns NaN.
             return loss * float("nan") if calls["n"] > 40 else loss
 
         return poisoned
@@ -119,5 +124,5 @@ def test_nan_loss_marks_diverged_and_keeps_last_good_checkpoint(tmp_path: Path, 
     ckpt = load_checkpoint(out)
     assert ckpt.epoch == 1
     assert all(torch.isfinite(w).all() for w in ckpt.weights.values() if w.is_floating_point())
-    assert math.isfinite(results["best_val_acc"])
+    assert math.isfinite(results["best_selection_acc"])
     assert not (out / "metrics.json").exists()

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 DEFAULT_FILE_IMAGE_SIZE = 224
 
 
-class TestSplitSealedError(RuntimeError):
+class SealedSplitError(RuntimeError):
     """The test split was read before the final evaluation."""
 
 
@@ -51,7 +51,7 @@ class SealedLoader:
 
     def __iter__(self):
         if not self.opened:
-            raise TestSplitSealedError(
+            raise SealedSplitError(
                 "the test split was read before the final evaluation; choices made during "
                 "training must use the selection split"
             )

@@ -89,6 +89,38 @@ class Grid(StrictModel):
     trainable_blocks: list[int | None] = Field(default_factory=lambda: [None])
 
 
+class Tuning(StrictModel):
+    """A search over each model's learning rate (and optionally weight decay), by the same
+    procedure for every model: trials at one training size and seed, each a run like a cell
+    (skipped when done, resumable), scored by its best selection-split accuracy; every cell then
+    trains with its model's best setting. A grid of ``lr`` × ``weight_decay``, or with
+    ``trials`` an Optuna TPE search over their ranges (log-uniform)."""
+
+    enabled: bool = Field(False, description="search each model's recipe before the cells")
+    fraction: float | None = Field(
+        None, gt=0, le=1, description="training size of the trials; null = the smallest"
+    )
+    seed: int | None = Field(None, description="seed of the trials; null = the first")
+    lr: list[float] = Field(
+        default_factory=lambda: [3e-4, 1e-3, 3e-3],
+        min_length=1,
+        description="learning rates tried (a grid), or their range (trials)",
+    )
+    weight_decay: list[float] | None = Field(
+        None, description="weight decays tried with each rate; null = the recipe's"
+    )
+    trials: int | None = Field(
+        None, gt=1, description="Optuna TPE trials per model instead of the grid; null = grid"
+    )
+
+    @field_validator("lr", "weight_decay")
+    @classmethod
+    def _positive(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and (not value or any(v < 0 for v in value)):
+            raise ValueError(f"must list at least one value, none negative; got {value}")
+        return value
+
+
 class StudyProfile(ProfileConfig):
     """The efficiency profile each model gets once its cells have trained (``cnnvit profile``
     at the study's image size, plus an image-size sweep for the report's cost plot); the device
@@ -169,6 +201,7 @@ class StudyConfig(StrictModel):
     seeds: list[int] = Field(default_factory=lambda: [0])
     recipe: Recipe = Field(default_factory=Recipe)
     grid: Grid = Field(default_factory=Grid)
+    tuning: Tuning = Field(default_factory=Tuning)
     profile: StudyProfile = Field(default_factory=StudyProfile)
     analysis: list[str] = Field(
         default_factory=list,
@@ -280,18 +313,25 @@ class Cell:
         return f"{label}-f{self.fraction:g}{depth}-s{self.seed}"
 
 
-def cells(study: StudyConfig, out_dir: Path) -> list[Cell]:
-    """Every cell of the grid, in run order: fraction, then seed, then depth, then model.
+# A model's tuned recipe keys (``{"lr": 1e-3, "weight_decay": 0.05}``), by display label.
+Tuned = Mapping[str, Mapping[str, float]]
+
+
+def cells(study: StudyConfig, out_dir: Path, tuned: Tuned | None = None) -> list[Cell]:
+    """Every cell of the grid, in run order: fraction, then seed, then depth, then model; with
+    ``tuned``, each model's optimiser keys set to its tuned values.
 
     Running all models at a size before moving to the next gives a complete comparison early,
     so an interrupted study still reports something useful.
     """
     out = []
+    tuned = tuned or {}
     for fraction in study.fractions:
         for seed in study.seeds:
             for depth in study.grid.trainable_blocks:
                 for model in study.models:
-                    cfg = cell_config(study, model, fraction, seed, depth)
+                    optim = tuned.get(model.display)
+                    cfg = cell_config(study, model, fraction, seed, depth, optim)
                     cell = Cell(model.display, fraction, seed, depth, cfg)
                     cfg.output.dir = out_dir / "runs" / cell.id
                     out.append(cell)
@@ -302,11 +342,19 @@ def cells(study: StudyConfig, out_dir: Path) -> list[Cell]:
 
 
 def cell_config(
-    study: StudyConfig, model: StudyModel, fraction: float, seed: int, depth: int | None
+    study: StudyConfig,
+    model: StudyModel,
+    fraction: float,
+    seed: int,
+    depth: int | None,
+    optim: Mapping[str, float] | None = None,
 ) -> RunConfig:
-    """The RunConfig of one cell: shared recipe + the model's overrides + the grid point.
+    """The RunConfig of one cell: shared recipe + the model's overrides + the grid point (+
+    ``optim`` keys, a tuned or tried setting).
 
-    ``data.split_seed`` follows the seed, so each seed draws its own (nested) subsets.
+    ``data.split_seed`` follows the seed, so each seed draws its own (nested) subsets; the
+    held-out selection and test splits follow ``data.holdout_seed`` and are the same in every
+    cell.
     """
     base = {
         "preset": study.recipe.preset,  # recorded; its values are already in the recipe
@@ -327,6 +375,7 @@ def cell_config(
     own = {"optim": model.optim, "train": model.train}
     point = {
         "data": {"train_fraction": fraction, "split_seed": seed},
+        "optim": dict(optim or {}),
         "train": {"seed": seed},
     }
     try:

@@ -1,5 +1,8 @@
 """``cnnvit compare``: run every cell of a study into ``DIR/runs/<cell>``, then write the report.
 
+With ``tuning.enabled`` each model's recipe is searched first (:mod:`cnnvit.study.tuning`,
+trials under ``DIR/tuning/``, run and skipped like cells) and the cells train with the result.
+
 Cells run one after another. A cell that diverges or fails is recorded (its ``results.json``
 says so) and the study goes on. Re-running the same command skips finished cells (completed or
 diverged: both are final for a deterministic recipe), resumes an interrupted one from its last
@@ -21,6 +24,7 @@ from cnnvit.profile.profiler import profile_run
 from cnnvit.study.analysis import run_analyses
 from cnnvit.study.config import Cell, StudyConfig, StudyProfile, cells
 from cnnvit.study.disagreements import save_disagreement_images
+from cnnvit.study.tuning import tune
 from cnnvit.train.run import resume, train
 from cnnvit.ui import console, progress_bar
 
@@ -38,8 +42,9 @@ def run_study(
     """Run (or continue) every cell of ``study`` under ``out_dir``."""
     folder = StudyFolder(out_dir)
     _claim_folder(study, folder)
-    grid = cells(study, folder.path)
-    _write_study_json(folder, study, grid, command, finished=False)
+    _write_study_json(folder, study, cells(study, folder.path), command, finished=False)
+    tuned = tune(study, folder, lambda trial: run_cell(trial).status)
+    grid = cells(study, folder.path, tuned)
     outcomes = []
     with progress_bar(progress) as bar:
         task = bar.add_task("cells", total=len(grid), rate="") if bar else None
