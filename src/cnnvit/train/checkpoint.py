@@ -3,10 +3,10 @@
 The layout is the run folder's (:class:`cnnvit.folders.RunFolder`: ``checkpoints/latest.json``
 -> ``epoch-NNNN/`` with ``model.safetensors``, ``ema.safetensors`` when the run keeps an EMA,
 ``best.safetensors`` under early stopping (the best selection score's weights, which the run
-reports), and ``state.pt``: optimiser, scheduler and RNG states, tensors and plain containers only, so it loads
-with ``weights_only``). A checkpoint folder is written under a temporary name and renamed into
-place, then the pointer is replaced atomically; a crash at any moment leaves the previous pointer
-and its folder intact.
+reports), and ``state.pt``: optimiser, scheduler and RNG states, tensors and plain containers
+only, so it loads with ``weights_only``). A checkpoint folder is written under a temporary name
+and renamed into place, then the pointer is replaced atomically; a crash at any moment leaves
+the previous pointer and its folder intact.
 """
 
 from __future__ import annotations
