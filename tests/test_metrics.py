@@ -52,3 +52,81 @@ def test_predictions_frame_rows():
     assert np.array_equal(df.prediction, probs.argmax(1))
     assert np.allclose(df.confidence, probs.max(1))
     assert all(row.top5[0] == row.prediction and len(row.top5) == 5 for row in df.itertuples())
+
+
+def _torchmetrics_ece(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    torch = pytest.importorskip("torch")
+    tm = pytest.importorskip("torchmetrics.classification")
+    metric = tm.MulticlassCalibrationError(num_classes=probs.shape[1], n_bins=bins, norm="l1")
+    return float(metric(torch.from_numpy(probs), torch.from_numpy(labels)))
+
+
+def _on_edges(n: int, c: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows whose top-1 confidence lies exactly on a bin edge (torch's float32 k/15, NumPy's
+    k/15 where the two differ, and 1.0), the rest shared equally by the other classes, so the
+    top-1 is unique (it is above 1/c)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(seed)
+    torch_edges = torch.linspace(0, 1, 16, dtype=torch.float32).numpy().astype(np.float64)
+    candidates = np.concatenate([torch_edges, np.arange(16) / 15])
+    candidates = candidates[candidates > 1.0 / c + 1e-3]
+    top = rng.choice(candidates, n)  # (n,)
+    where = rng.integers(0, c, n)  # (n,) the top-1 class
+    probs = np.repeat(((1.0 - top) / (c - 1))[:, None], c, axis=1)  # (n, c)
+    probs[np.arange(n), where] = top
+    labels = np.where(rng.random(n) < top, where, rng.integers(0, c, n))
+    return probs.astype(np.float32), labels
+
+
+@pytest.mark.parametrize("c", [2, 3, 10, 100])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ece_equals_torchmetrics(c: int, seed: int):
+    from cnnvit.metrics import expected_calibration_error, reliability_bins
+
+    labels, probs = _probs(n=500, c=c, seed=seed)
+    edge_probs, edge_labels = _on_edges(300, c, seed)
+    assert (edge_probs.max(1)[:, None] > np.sort(edge_probs, 1)[:, -2:-1]).all()  # unique top-1
+    mixed = np.concatenate([probs.astype(np.float32), edge_probs])
+    mixed_labels = np.concatenate([labels, edge_labels])
+    for p, y in (
+        (probs.astype(np.float32), labels),
+        (edge_probs, edge_labels),
+        (mixed, mixed_labels),
+    ):
+        ece = expected_calibration_error(p, y)
+        assert ece == pytest.approx(_torchmetrics_ece(p, y), abs=1e-6)
+        rb = reliability_bins(p, y)
+        count = np.array(rb["count"])
+        acc = np.array([np.nan if a is None else a for a in rb["accuracy"]])
+        conf = np.array([np.nan if a is None else a for a in rb["confidence"]])
+        gap = np.nansum(count * np.abs(acc - conf)) / count.sum()
+        assert gap == pytest.approx(ece, abs=1e-12)
+        assert count.sum() == len(y) and len(rb["edges"]) == 16 and len(count) == 16
+
+
+def test_edge_values_fall_in_torchs_bins():
+    """A confidence on an edge goes to the bin above it, with torch's float32 edges, and 1.0 to
+    a bin of its own; the reliability counts say where each went."""
+    from cnnvit.metrics import reliability_bins
+
+    torch = pytest.importorskip("torch")
+    edges = torch.linspace(0, 1, 16, dtype=torch.float32)
+    conf = np.array([edges[3].item(), 0.2, edges[12].item(), 1.0], dtype=np.float32)
+    probs = np.concatenate([conf[:, None], np.repeat((1 - conf[:, None]) / 5, 5, axis=1)], 1)
+    assert (probs.argmax(1) == 0).all() and (probs[:, 0] == conf).all()
+    count = reliability_bins(probs, np.zeros(4, dtype=int))["count"]
+    # 0.2 is below torch's float32 edge 0.20000002, so bin 2; the edges themselves bins 3 and 12.
+    want = np.bincount(torch.bucketize(torch.from_numpy(conf), edges, right=True) - 1, minlength=16)
+    assert count == want.tolist()
+    assert count[2] == 1 and count[3] == 1 and count[12] == 1 and count[15] == 1
+
+
+def test_metrics_json_has_calibration():
+    from cnnvit.metrics import expected_calibration_error
+
+    labels, probs = _probs()
+    m = classification_metrics(labels, probs, [f"c{i}" for i in range(7)])
+    assert m["ece"] == pytest.approx(expected_calibration_error(probs, labels))
+    assert m["ece"] == pytest.approx(_torchmetrics_ece(probs.astype(np.float32), labels), abs=1e-6)
+    assert sum(m["reliability"]["count"]) == len(labels)
+    assert {"top1", "top5", "macro", "weighted", "per_class", "confusion_matrix"} <= m.keys()
