@@ -38,7 +38,9 @@ def test_a_back_edge_breaks_the_layers_contract(tmp_path: Path):
     assert "cnnvit.folders -> cnnvit.report" in done.stdout
 
 
-@pytest.mark.parametrize("module", ["cnnvit.report", "cnnvit.folders", "cnnvit.cli"])
+@pytest.mark.parametrize(
+    "module", ["cnnvit.report", "cnnvit.folders", "cnnvit.cli", "cnnvit.stats", "cnnvit.metrics"]
+)
 def test_modules_that_must_not_import_torch(module: str):
     code = f"import sys, {module}; print(sorted(m for m in ('torch', 'timm') if m in sys.modules))"
     done = _run(sys.executable, "-c", code)
