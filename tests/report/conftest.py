@@ -1,11 +1,18 @@
-"""Fabricated study folders: the files `cnnvit compare` writes, with chosen numbers, no training."""
+"""Fabricated study folders: the files `cnnvit compare` writes, with chosen numbers, no training.
+
+Run folders are written as cnnvit writes them now (three splits: results.json names each
+number's split, epochs.csv logs each selection score with its optimiser step, metrics.json has
+the calibration bins), or with ``legacy=True`` as cnnvit wrote them before the selection split
+(``best_val_acc``, ``final_top1``, ``num_val_images``; the best epoch chosen on the test split).
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +21,17 @@ import pytest
 import yaml
 
 from cnnvit.folders import StudyFolder
-from cnnvit.metrics import predictions_frame
+from cnnvit.metrics import expected_calibration_error, predictions_frame, reliability_bins
+from cnnvit.stats.convergence import still_improving as convergence_of
 from cnnvit.study.disagreements import save_disagreement_images
 
 FULL_TRAIN = 48_000  # images at fraction 1.0
+SELECTION_IMAGES = 2_000  # held out of the training pool, scored during training
+BATCH = 64  # images per optimiser step
+STEPS = 1_500  # a `steps` budget's optimiser steps per cell
 CLASSES = ["T-shirt/top", "Trouser", "Bag"]
-SUPPORT = 100  # validation images per class
-# Generated validation images (300, three classes), so the report can draw the images where two
+SUPPORT = 100  # test images per class
+# Generated test images (300, three classes), so the report can draw the images where two
 # models disagree without a dataset on disk.
 DATA_SPEC = "synthetic:num_classes=3,train_size=30,val_size=300,image_size=16"
 
@@ -39,6 +50,35 @@ def cell_id(label: str, fraction: float, seed: int, blocks: int | None = None) -
     return f"{label}-f{fraction:g}{depth}-s{seed}"
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """One run folder to fabricate."""
+
+    model: str  # registry name
+    fraction: float
+    seed: int
+    blocks: int | None
+    status: str
+    acc: float  # test top-1
+    classes: list[str]
+    scores: int  # rows of epochs.csv when the run completes
+    budget: str  # epochs | steps | early_stopping
+    improving: bool  # the selection score was still rising at the end
+    legacy: bool  # written before the selection split
+
+    @property
+    def n_train(self) -> int:
+        return round(FULL_TRAIN * self.fraction)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.n_train / BATCH)
+
+    @property
+    def is_vit(self) -> bool:
+        return self.model.startswith("vit")
+
+
 def make_study(
     root: Path,
     *,
@@ -49,7 +89,10 @@ def make_study(
     accuracy: AccuracyFn = default_accuracy,
     statuses: dict[str, str] | None = None,
     classes: list[str] | None = None,
-    epochs: int = 3,
+    epochs: int = 5,
+    budget: str = "steps",
+    still_improving: Collection[str] = (),
+    legacy: bool = False,
     name: str = "test-study",
     command: str = "cnnvit compare --out study",
 ) -> Path:
@@ -57,14 +100,17 @@ def make_study(
 
     ``models`` are (label, registry name) pairs. ``statuses`` maps a cell id to ``failed``,
     ``diverged``, ``running`` or ``missing`` (no folder); every other cell completed with
-    ``accuracy(label, fraction, seed)`` as its final top-1.
+    ``accuracy(label, fraction, seed)`` as its test top-1. ``epochs`` is the number of
+    selection scores a completed run logs; ``budget`` the budget's kind; the selection score of
+    the cells in ``still_improving`` climbs to the end, the others' levels off (results.json's
+    ``convergence`` is what :mod:`cnnvit.stats.convergence` makes of the log).
+    ``legacy`` writes every run folder as cnnvit did before the three-way split.
     """
     models = models or [("resnet_mini", "resnet_mini"), ("vit_mini", "vit_mini")]
     fractions = fractions or [0.02, 0.07, 0.25]
     seeds = seeds if seeds is not None else [0, 1, 2]
     blocks_axis = trainable_blocks or [None]
     statuses = statuses or {}
-    classes = classes or CLASSES
     root.mkdir(parents=True, exist_ok=True)
     study = {
         "name": name,
@@ -96,18 +142,20 @@ def make_study(
                     status = statuses.get(cid, "completed")
                     if status == "missing":
                         continue
-                    acc = accuracy(label, fraction, seed)
-                    _write_run(
-                        root / "runs" / cid,
-                        model_name,
-                        fraction,
-                        seed,
-                        blocks,
-                        status,
-                        acc,
-                        classes,
-                        epochs,
+                    spec = RunSpec(
+                        model=model_name,
+                        fraction=fraction,
+                        seed=seed,
+                        blocks=blocks,
+                        status=status,
+                        acc=accuracy(label, fraction, seed),
+                        classes=classes or CLASSES,
+                        scores=epochs,
+                        budget=budget,
+                        improving=cid in still_improving,
+                        legacy=legacy,
                     )
+                    write_run(root / "runs" / cid, spec)
     meta = {
         "name": name,
         "command": command,
@@ -120,31 +168,21 @@ def make_study(
     return root
 
 
-def _write_run(
-    run_dir: Path,
-    model: str,
-    fraction: float,
-    seed: int,
-    blocks: int | None,
-    status: str,
-    acc: float,
-    classes: list[str],
-    epochs: int,
-) -> None:
+# --- one run folder ----------------------------------------------------------------------------
+
+
+def write_run(run_dir: Path, spec: RunSpec) -> None:
     run_dir.mkdir(parents=True)
-    n_train = round(FULL_TRAIN * fraction)
-    params = 300_000 if model.startswith("resnet") else 320_000
-    epoch_s = n_train / (2000.0 if model.startswith("resnet") else 1500.0)
     results: dict[str, Any] = {
-        "status": status,
-        "model": model,
-        "family": "vit" if model.startswith("vit") else "cnn",  # as training records it
+        "status": spec.status,
+        "model": spec.model,
+        "family": "vit" if spec.is_vit else "cnn",  # as training records it
         "data": "fashion-mnist",
-        "train_fraction": fraction,
-        "trainable_blocks": blocks,
-        "seed": seed,
+        "train_fraction": spec.fraction,
+        "trainable_blocks": spec.blocks,
+        "seed": spec.seed,
     }
-    if status == "failed":
+    if spec.status == "failed":
         results["error"] = "RuntimeError: CUDA out of memory <b>tried</b>"
         (run_dir / "results.json").write_text(json.dumps(results))
         return
@@ -156,72 +194,188 @@ def _write_run(
         "device": "cpu",
         "device_name": "x86_64 CPU (2 threads)",
         "dtype": "float32",
-        "seed": seed,
+        "seed": spec.seed,
     }
     (run_dir / "environment.json").write_text(json.dumps(env))
-    config = {"data": {"spec": DATA_SPEC}, "model": {"name": model}}
+    config = {"data": {"spec": DATA_SPEC}, "model": {"name": spec.model}}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
-    done = epochs if status == "completed" else max(1, epochs - 1)
-    lines = [
-        "epoch,train_loss,train_acc,val_loss,val_acc,lr,epoch_seconds,images_per_second,"
-        "peak_memory_mb"
-    ]
-    for e in range(1, done + 1):
-        val = acc - 0.1 * (epochs - e) / epochs
-        loss = 1.5 / e + 0.01 * seed
-        if status == "diverged" and e == done:
-            loss = float("nan")
-        lines.append(
-            f"{e},{loss},{val - 0.02},{loss},{val},0.001,{epoch_s},{n_train / epoch_s},300"
-        )
-    (run_dir / "epochs.csv").write_text("\n".join(lines) + "\n")
-    results.update(
-        num_classes=len(classes),
-        num_train_images=n_train,
-        num_val_images=300,
-        params_total=params,
-        params_trainable=params if blocks is None else params // 4,
-        epochs_planned=epochs,
-        epochs_completed=done,
-        mean_epoch_seconds=epoch_s,
-        train_seconds=epoch_s * done,
-        peak_memory_mb=200.0 + (100.0 if model.startswith("vit") else 0.0) + seed,
-    )
-    if status == "diverged":
+    rows = _log_rows(spec)
+    _write_log(run_dir, spec, rows)
+    results.update(_run_numbers(spec, rows))
+    if spec.status == "diverged":
         results["error"] = "loss is nan at epoch 2"
         (run_dir / "results.json").write_text(json.dumps(results))
         return
-    f1 = acc - 0.01
-    results.update(
-        best_val_acc=acc + 0.002,
-        best_epoch=epochs,
-        final_val_acc=acc,
-        final_top1=acc,
-        final_top5=min(1.0, acc + 0.1),
-        macro_f1=f1,
-        skipped_files=0,
-        finished_at="2026-01-02T03:30:00+0000",
-    )
+    labels, probs = _probabilities(spec, run_dir.name)
+    f1 = spec.acc - 0.01
+    results.update(_final_numbers(spec, rows, f1, expected_calibration_error(probs, labels)))
     (run_dir / "results.json").write_text(json.dumps(results))
-    (run_dir / "metrics.json").write_text(json.dumps(_metrics(acc, f1, classes)))
-    _predictions(acc, len(classes), run_dir.name).to_parquet(run_dir / "predictions.parquet")
+    metrics = _metrics(spec.acc, f1, spec.classes)
+    if not spec.legacy:
+        metrics["ece"] = expected_calibration_error(probs, labels)
+        metrics["reliability"] = reliability_bins(probs, labels)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    predictions_frame(labels, probs).to_parquet(run_dir / "predictions.parquet")
 
 
-def _predictions(acc: float, k: int, cell: str):
-    """predictions.parquet matching ``_metrics``: per class, ``round(acc * SUPPORT)`` images
-    right (which ones: seeded by the cell) and the rest predicted as the next class."""
+def _log_rows(spec: RunSpec) -> list[dict[str, float]]:
+    """The selection scores a run logs: (epoch, step, accuracy, loss), one per evaluation."""
+    spe = spec.steps_per_epoch
+    if spec.budget == "steps":
+        points = [round(k * STEPS / spec.scores) for k in range(1, spec.scores + 1)]
+    else:  # epochs, early_stopping: after every epoch
+        points = [spe * e for e in range(1, spec.scores + 1)]
+    done = len(points) if spec.status == "completed" else max(1, len(points) - 1)
+    rows = []
+    for k, step in enumerate(points[:done], start=1):
+        left = (spec.scores - k) / spec.scores
+        # Still improving: a straight climb to the end; otherwise level over the last scores.
+        gap = 0.1 * left if spec.improving else 0.1 * left**4
+        loss = 1.5 / k + 0.01 * spec.seed
+        if spec.status == "diverged" and k == done:
+            loss = float("nan")
+        rows.append(
+            {"epoch": math.ceil(step / spe), "step": step, "acc": spec.acc - gap, "loss": loss}
+        )
+    return rows
+
+
+def _write_log(run_dir: Path, spec: RunSpec, rows: list[dict[str, float]]) -> None:
+    seconds = _seconds_per_step(spec)
+    memory = 300
+    if spec.legacy:
+        lines = [
+            "epoch,train_loss,train_acc,val_loss,val_acc,lr,epoch_seconds,images_per_second,"
+            "peak_memory_mb"
+        ]
+        epoch_s = seconds * spec.steps_per_epoch
+        for r in rows:
+            lines.append(
+                f"{r['epoch']},{r['loss']},{r['acc'] - 0.02},{r['loss']},{r['acc']},0.001,"
+                f"{epoch_s},{spec.n_train / epoch_s},{memory}"
+            )
+    else:
+        lines = [
+            "epoch,step,train_loss,train_acc,selection_loss,selection_acc,lr,seconds,"
+            "images_per_second,peak_memory_mb"
+        ]
+        previous = 0
+        for r in rows:
+            took = seconds * (r["step"] - previous)
+            previous = r["step"]
+            lines.append(
+                f"{r['epoch']},{r['step']},{r['loss']},{r['acc'] - 0.02},{r['loss']},{r['acc']},"
+                f"0.001,{took},{BATCH / seconds},{memory}"
+            )
+    (run_dir / "epochs.csv").write_text("\n".join(lines) + "\n")
+
+
+def _seconds_per_step(spec: RunSpec) -> float:
+    return BATCH / (1500.0 if spec.is_vit else 2000.0)
+
+
+def _run_numbers(spec: RunSpec, rows: list[dict[str, float]]) -> dict[str, Any]:
+    """What results.json says once a run has trained: sizes, parameters, budget, timings."""
+    params = 320_000 if spec.is_vit else 300_000
+    steps = int(rows[-1]["step"])
+    epochs = steps / spec.steps_per_epoch
+    seconds = _seconds_per_step(spec) * steps
+    out: dict[str, Any] = {
+        "num_classes": len(spec.classes),
+        "num_train_images": spec.n_train,
+        "params_total": params,
+        "params_trainable": params if spec.blocks is None else params // 4,
+        "mean_epoch_seconds": seconds / epochs,
+        "train_seconds": seconds,
+        "peak_memory_mb": 200.0 + (100.0 if spec.is_vit else 0.0) + spec.seed,
+    }
+    if spec.legacy:
+        out.update(
+            num_val_images=SUPPORT * len(spec.classes),
+            epochs_planned=spec.scores,
+            epochs_completed=len(rows),
+        )
+        return out
+    planned = STEPS if spec.budget == "steps" else spec.scores * spec.steps_per_epoch
+    if spec.budget == "early_stopping":
+        planned *= 2  # the cap; the run stops early after its last score
+    out.update(
+        num_selection_images=SELECTION_IMAGES,
+        num_test_images=SUPPORT * len(spec.classes),
+        splits={
+            "train": "the cell's fraction of the training pool",
+            "selection": "held out of the training pool; scored during training",
+            "test": "the dataset's test split; read once, for the final numbers",
+        },
+        budget={
+            "kind": spec.budget,
+            "steps_per_epoch": spec.steps_per_epoch,
+            "steps_planned": planned,
+            "evaluations_planned": spec.scores * (2 if spec.budget == "early_stopping" else 1),
+            "patience": 2 if spec.budget == "early_stopping" else None,
+        },
+        epochs_planned=math.ceil(planned / spec.steps_per_epoch),
+        steps_completed=steps,
+        epochs_completed=round(epochs, 3),
+        evaluated_weights="best" if spec.budget == "early_stopping" else "model",
+    )
+    return out
+
+
+def _final_numbers(
+    spec: RunSpec, rows: list[dict[str, float]], f1: float, ece: float
+) -> dict[str, Any]:
+    """The numbers of a completed run: the best selection score and the test evaluation."""
+    best = rows[-1]
+    if spec.legacy:
+        return {
+            "best_val_acc": spec.acc + 0.002,
+            "best_epoch": best["epoch"],
+            "final_val_acc": spec.acc,
+            "final_top1": spec.acc,
+            "final_top5": min(1.0, spec.acc + 0.1),
+            "macro_f1": f1,
+            "skipped_files": 0,
+            "finished_at": "2026-01-02T03:30:00+0000",
+        }
+    convergence = convergence_of([r["step"] for r in rows], [r["acc"] for r in rows])
+    return {
+        "best_selection_acc": best["acc"],
+        "best_step": best["step"],
+        "best_epoch": best["epoch"],
+        "final_selection_acc": best["acc"],
+        "test_top1": spec.acc,
+        "test_top5": min(1.0, spec.acc + 0.1),
+        "test_macro_f1": f1,
+        "test_ece": ece,
+        "stopped_early": spec.budget == "early_stopping",
+        "convergence": asdict(convergence),
+        "skipped_files": 0,
+        "finished_at": "2026-01-02T03:30:00+0000",
+    }
+
+
+# --- the test evaluation -----------------------------------------------------------------------
+
+
+def _probabilities(spec: RunSpec, cell: str) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (N,) and probabilities (N, k) matching ``_metrics``: per class,
+    ``round(acc * SUPPORT)`` images right (which ones: seeded by the cell) and the rest
+    predicted as the next class. The ViTs are more confident than the CNNs."""
+    k = len(spec.classes)
     rng = np.random.default_rng(zlib.crc32(cell.encode()))
     labels = np.arange(SUPPORT * k) % k  # (N,)
     preds = labels.copy()
-    right = round(acc * SUPPORT)
+    right = round(spec.acc * SUPPORT)
     for c in range(k):
         members = np.flatnonzero(labels == c)
         wrong = rng.permutation(members)[right:]
         preds[wrong] = (c + 1) % k
-    confidence = rng.uniform(0.4, 0.99, len(labels))  # (N,) above the others' share
+    low = 0.6 if spec.is_vit else 0.4
+    confidence = rng.uniform(low, 0.99, len(labels))  # (N,) above the others' share
     probs = np.repeat(((1 - confidence) / (k - 1))[:, None], k, axis=1)  # (N, k)
     probs[np.arange(len(labels)), preds] = confidence
-    return predictions_frame(labels, probs)
+    return labels, probs
 
 
 def _metrics(acc: float, f1: float, classes: list[str]) -> dict[str, Any]:

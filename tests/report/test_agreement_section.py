@@ -72,7 +72,7 @@ def test_every_pair_with_the_head_to_head_pair_first(tmp_path, study_factory):
     assert table["head_to_head"].tolist() == [True, True, False, False, False, False]
 
 
-def test_without_the_validation_images_the_table_stays(tmp_path, study_factory):
+def test_without_the_saved_test_images_the_table_stays(tmp_path, study_factory):
     root = study_factory(tmp_path / "s", seeds=[0])
     shutil.rmtree(root / "agreement")  # a study whose images were never saved
     for config in (root / "runs").glob("*/config.yaml"):  # and whose data is gone: not read

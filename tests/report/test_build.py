@@ -21,8 +21,23 @@ SHOWN_WITHOUT_ANALYSES = [
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EVIL = "<script>alert(1)</script>"
-FIGURES = ["accuracy_vs_images", "learning_curves", "confusion_matrices", "disagreements"]
-TABLES = ["accuracy", "efficiency", "final_metrics", "agreement", "cells"]
+FIGURES = [
+    "accuracy_vs_images",
+    "learning_curves",
+    "reliability",
+    "confusion_matrices",
+    "disagreements",
+]
+TABLES = [
+    "accuracy",
+    "learning_curve_fit",
+    "budget",
+    "calibration",
+    "efficiency",
+    "final_metrics",
+    "agreement",
+    "cells",
+]
 # src=/href= (or CSS url()) pointing anywhere but inside the page.
 EXTERNAL = re.compile(r"""(?:\b(?:src|href)\s*=\s*["']?|url\(\s*["']?)\s*(?:https?:)?//""", re.I)
 
@@ -89,16 +104,20 @@ def test_failed_and_diverged_cells_are_reported(built):
     assert "out of memory" in cells and "loss is nan at epoch 2" in cells
     assert "18 cells: 15 completed, 1 diverged, 1 failed, 1 missing." in cells
     verdict = page[page.index('<section id="verdict">') : page.index('<section id="accuracy">')]
-    assert "more accurate than" in verdict
+    # resnet_mini's seed 2 diverged at 3,360 images: the two are paired over seeds 0 and 1.
+    at = verdict[verdict.index("At 3,360 training images") :].split("</li>")[0]
+    assert "too few seeds to tell" in at and "(95 % interval over 2 seeds" in at
 
 
 def test_rebuild_gives_identical_bytes(built):
     root, report = built
     first = report.read_bytes()
     figures = {n: (root / "figures" / f"{n}.png").read_bytes() for n in FIGURES}
+    tables = {n: (root / "tables" / f"{n}.csv").read_bytes() for n in TABLES}
     report.unlink()
     assert write_report(root).read_bytes() == first
     assert {n: (root / "figures" / f"{n}.png").read_bytes() for n in FIGURES} == figures
+    assert {n: (root / "tables" / f"{n}.csv").read_bytes() for n in TABLES} == tables
 
 
 def test_only_one_model_finished(tmp_path, study_factory):
@@ -142,6 +161,16 @@ def test_print_summary(built):
     assert "12,000" in text and "±" in text
     assert "2/3" in text  # the failed cell counts as planned, not as done
     assert "3 of 18 cells did not complete" in text
+    # The head-to-head per size: the mean paired difference over the seeds both completed.
+    results = pd.read_csv(root / "results.csv")
+    done = results[results["status"] == "completed"].set_index(["model", "fraction", "seed"])
+    done = done.sort_index()
+    a, b = done.loc["resnet_mini", "test_top1"], done.loc[EVIL, "test_top1"]
+    gap = (a - b).dropna().groupby(level="fraction").mean()
+    assert f"Head to head: resnet_mini − {EVIL}" in text.replace("\n", " ")
+    for fraction, images in ((0.02, "960"), (0.07, "3,360")):
+        row = next(line for line in text.splitlines() if line.startswith(f"│ {images:>6} │"))
+        assert f"{100 * gap[fraction]:+.1f} pts" in row and "too few seeds" in row
     assert str(report) in text.replace("\n", "")
 
 
@@ -151,7 +180,7 @@ def test_three_models_take_their_families_from_the_run_folders(tmp_path, study_f
     root = study_factory(tmp_path / "s", models=models)
     assert load_study_data(root).families == {"Big CNN": "cnn", "Small CNN": "cnn", "ViT": "vit"}
     page = write_report(root).read_text()
-    assert "Ranking at 960 training images:" in page
+    assert "Ranking at 960 training images (test top-1, mean over seeds):" in page
     assert "Head to head, " in page and " against ViT:" in page
 
 

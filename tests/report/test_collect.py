@@ -36,16 +36,22 @@ def test_one_row_per_cell_in_study_order(study):
     assert sum(s == "completed" for s in status.values()) == len(cells) - len(STATUSES)
     failed = results.set_index("cell").loc["vit_mini-f0.02-s1"]
     assert "out of memory" in failed["error"]
-    assert math.isnan(failed["final_val_top1"])
+    assert math.isnan(failed["test_top1"])
 
 
 def test_numbers_come_from_results_json(study):
     results = collect_results(study).set_index("cell")
     raw = json.loads((study / "runs/resnet_mini-f0.25-s1/results.json").read_text())
     row = results.loc["resnet_mini-f0.25-s1"]
-    assert row["final_val_top1"] == raw["final_top1"]
-    assert row["best_val_top1"] == raw["best_val_acc"]
-    assert row["top5"] == raw["final_top5"]
+    assert row["test_top1"] == raw["test_top1"]
+    assert row["best_selection_top1"] == raw["best_selection_acc"]
+    assert row["test_top5"] == raw["test_top5"]
+    assert row["test_ece"] == raw["test_ece"]
+    assert row["num_selection_images"] == raw["num_selection_images"] == 2000
+    assert row["steps_completed"] == raw["steps_completed"]
+    assert row["steps_planned"] == raw["budget"]["steps_planned"]
+    assert row["budget"] == "steps" and row["selected_on"] == "selection"
+    assert not row["still_improving"] and not row["stopped_early"]
     assert row["num_train_images"] == raw["num_train_images"]
     assert row["params_trainable"] == raw["params_trainable"]
     assert row["peak_memory_mb"] == raw["peak_memory_mb"]
@@ -61,7 +67,7 @@ def test_summary_matches_numpy_over_completed_rows(study):
         mine = done[(done["model"] == row.model) & (done["fraction"] == row.fraction)]
         # n counts completed cells only: the failed, diverged and missing ones are left out.
         assert row.n == len(mine)
-        for metric in ("final_val_top1", "best_val_top1", "macro_f1"):
+        for metric in ("test_top1", "best_selection_top1", "test_macro_f1", "test_ece"):
             x = mine[metric].to_numpy(dtype=float)
             assert getattr(row, f"{metric}_mean") == pytest.approx(np.mean(x))
             assert getattr(row, f"{metric}_std") == pytest.approx(np.std(x, ddof=1))
@@ -82,16 +88,19 @@ def test_single_seed_has_no_spread(tmp_path, study_factory):
     study = study_factory(tmp_path / "one", seeds=[0])
     summary = summarize(collect_results(study))
     assert (summary["n"] == 1).all()
-    assert summary["final_val_top1_std"].isna().all()
-    assert summary["final_val_top1_ci95_low"].isna().all()
-    assert summary["final_val_top1_mean"].notna().all()
+    assert summary["test_top1_std"].isna().all()
+    assert summary["test_top1_ci95_low"].isna().all()
+    assert summary["test_top1_mean"].notna().all()
 
 
 def test_curves_stack_completed_epoch_logs(study):
     data = load_study_data(study)
     completed = (data.results["status"] == "completed").sum()
     assert data.curves["cell"].nunique() == completed
-    assert (data.curves.groupby("cell")["epoch"].max() == 3).all()
+    assert (data.curves.groupby("cell").size() == 5).all()  # five selection scores each
+    assert (data.curves.groupby("cell")["step"].max() == 1500).all()  # the `steps` budget
+    assert (data.curves["scored_on"] == "selection").all()
+    assert (data.curves["score_acc"] == data.curves["selection_acc"]).all()
     assert "resnet_mini-f0.07-s0" not in set(data.curves["cell"])  # diverged: left out
 
 
@@ -107,3 +116,37 @@ def test_run_folders_alone_without_study_json(study):
     results = collect_results(study)
     assert (results["status"] == "completed").sum() == 15
     assert set(results["model"]) == {"resnet_mini", "vit_mini"}
+
+
+def test_old_run_folders_map_onto_the_same_columns(tmp_path, study_factory):
+    # Written before the three-way split: "val" was the test split, and chose the best epoch.
+    study = study_factory(tmp_path / "old", legacy=True, seeds=[0, 1])
+    raw = json.loads((study / "runs/vit_mini-f0.07-s1/results.json").read_text())
+    assert "num_selection_images" not in raw and "budget" not in raw
+    results = collect_results(study).set_index("cell")
+    row = results.loc["vit_mini-f0.07-s1"]
+    assert row["test_top1"] == raw["final_top1"]
+    assert row["best_selection_top1"] == raw["best_val_acc"]
+    assert row["test_macro_f1"] == raw["macro_f1"]
+    assert row["num_test_images"] == raw["num_val_images"] == 300
+    assert pd.isna(row["num_selection_images"]) and math.isnan(row["test_ece"])
+    assert pd.isna(row["still_improving"]) and row["budget"] is None
+    assert (results["selected_on"] == "test").all()
+    curves = load_study_data(study).curves
+    assert (curves["scored_on"] == "test").all() and curves["step"].isna().all()
+    assert (curves["score_acc"] == curves["val_acc"]).all()
+
+
+def test_budget_and_convergence_columns(tmp_path, study_factory):
+    improving = {"vit_mini-f0.02-s0", "vit_mini-f0.02-s1"}
+    study = study_factory(
+        tmp_path / "es", budget="early_stopping", seeds=[0, 1], still_improving=improving
+    )
+    results = collect_results(study).set_index("cell")
+    assert set(results.index[results["still_improving"].fillna(False)]) == improving
+    assert results["stopped_early"].all() and (results["budget"] == "early_stopping").all()
+    raw = json.loads((study / "runs/resnet_mini-f0.02-s0/results.json").read_text())
+    assert results.loc["resnet_mini-f0.02-s0", "steps_planned"] == raw["budget"]["steps_planned"]
+    data = load_study_data(study)
+    assert data.convergence["vit_mini-f0.02-s0"]["advice"].startswith("train longer")
+    assert data.convergence["vit_mini-f0.07-s0"]["status"] == "converged"

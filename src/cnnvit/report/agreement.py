@@ -1,10 +1,10 @@
-"""The report's agreement section: pairs of models on the same validation images, per seed.
+"""The report's agreement section: pairs of models on the same test images, per seed.
 
 For each pair of models (the verdict's head-to-head pair first, then every other pair in study
 order), at the largest training size where both have predictions, every seed's two cells are
 compared with :func:`cnnvit.evaluate.agreement.compare_predictions`: counts, kappas, McNemar's
 exact test and a paired bootstrap interval. The two cells of a seed share the data config and
-its split seed, so they validated on the same images; ``compare_predictions`` checks it anyway
+its split seed, so they were tested on the same images; ``compare_predictions`` checks it anyway
 (same indices, same labels) and a pair that fails the check is reported, not compared.
 
 Only files are read (predictions.parquet, metrics.json, and for the grid of disagreements the
@@ -43,7 +43,7 @@ from cnnvit.report.collect import StudyData
 from cnnvit.report.verdict import head_to_head
 
 if TYPE_CHECKING:
-    from cnnvit.report.sections import ReportContext
+    from cnnvit.report.context import ReportContext
 
 TABLE = "agreement"
 FIGURE = "disagreements"
@@ -79,7 +79,7 @@ COLUMNS = [
     "problem",
 ]
 METHOD_NOTE = (
-    "How this is decided: for each seed, the two models' predictions on the same validation "
+    "How this is decided: for each seed, the two models' predictions on the same test "
     "images are paired. McNemar's exact test (a two-sided binomial test of the images only A "
     "gets right among those exactly one of the two gets right) gives the p-value; the verdict "
     f"is “indistinguishable at α={ALPHA:g}” when p ≥ {ALPHA:g}, otherwise the model with more "
@@ -87,8 +87,9 @@ METHOD_NOTE = (
     f"interval of accuracy A − B ({N_BOOT:,} resamples of the images, seed {BOOT_SEED}). Kappa "
     "is Cohen's kappa between the two predicted classes; error consistency is Cohen's kappa "
     "between the two right/wrong indicators (Geirhos et al. 2020): 0 means the two models err "
-    "on the same images only as often as chance would have it. Each seed is tested on its own, "
-    "without a correction for testing several."
+    "on the same images only as often as chance would have it. Each seed is tested on its own "
+    "here, without a correction for testing several; the verdict pools the seeds into one "
+    "test per size and corrects over the sizes."
 )
 
 
@@ -149,7 +150,7 @@ class StudyAgreement:
         caption = (
             f"{row.a} (A) against {row.b} (B), seed {row.seed}, {_images(row.num_train_images)}"
             f"{depth}: "
-            f"up to {MAX_SHOWN} validation images the two label differently, taken in turn from "
+            f"up to {MAX_SHOWN} test images the two label differently, taken in turn from "
             "those only A gets right, only B gets right and both get wrong."
         )
         return fig, caption

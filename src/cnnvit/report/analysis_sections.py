@@ -17,7 +17,7 @@ from cnnvit.markup import Markup, join, note, tag
 from cnnvit.report.section import Section
 
 if TYPE_CHECKING:
-    from cnnvit.report.sections import ReportContext
+    from cnnvit.report.context import ReportContext
 
 
 def analysis_sections() -> list[Section]:

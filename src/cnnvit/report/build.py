@@ -24,10 +24,14 @@ from cnnvit.report.analysis_summary import (
     format_headline,
     summary_columns,
 )
-from cnnvit.report.collect import collect_results, load_study_data, summarize
+from cnnvit.report.collect import load_study_data
+from cnnvit.report.context import ReportContext
+from cnnvit.report.header import render_header
 from cnnvit.report.html import render_page
 from cnnvit.report.section import Section
-from cnnvit.report.sections import ReportContext, render_header, report_sections
+from cnnvit.report.sections import report_sections
+from cnnvit.report.verdict import HeadToHead, head_to_heads, size_text
+from cnnvit.stats.paired import SizeVerdict
 from cnnvit.ui import at_least_width
 
 
@@ -78,12 +82,21 @@ def _write_frame(frame: pd.DataFrame, path: Path, *, parquet: bool = False) -> N
 
 
 def print_summary(study_dir: Path | str, console: Console | None = None) -> None:
-    """A rich table of per-model, per-size accuracy (mean ± std) and cost, then the report path."""
+    """A rich table of per-model, per-size test accuracy (mean ± std) and cost, the head-to-head
+    decision per size (difference, interval, outcome), then the report path."""
     console = console or Console()
     root = Path(study_dir)
-    results = collect_results(root)
-    summary = summarize(results)
-    console.print(_summary_table(results, summary))
+    data = load_study_data(root)
+    results, summary = data.results, data.summary
+    improving = {
+        _key(r.model, r.fraction, r.trainable_blocks)
+        for r in results.itertuples()
+        if r.status == "completed" and not pd.isna(r.still_improving) and bool(r.still_improving)
+    }
+    console.print(_summary_table(results, summary, improving))
+    for pair in head_to_heads(data, data.families).values():
+        if pair is not None and pair.verdicts:
+            console.print(_pair_table(pair))
     bad = results[results["status"] != "completed"]
     if not bad.empty:
         counts = bad["status"].value_counts()
@@ -100,14 +113,18 @@ def print_summary(study_dir: Path | str, console: Console | None = None) -> None
         console.print(f"[yellow]No report yet; write it with `cnnvit report {root}`[/]")
 
 
-def _summary_table(results: pd.DataFrame, summary: pd.DataFrame) -> Table:
-    """One row per (model, size, depth) of the grid, in study order; '—' where none completed."""
+def _summary_table(results: pd.DataFrame, summary: pd.DataFrame, improving: set) -> Table:
+    """One row per (model, size, depth) of the grid, in study order; '—' where none completed;
+    ▲ where a run was still improving when training stopped."""
     depths = results["trainable_blocks"].notna().any()
-    table = Table(title="Accuracy and cost (mean over seeds)", title_justify="left")
+    title = "Test accuracy and cost (mean over seeds)"
+    if improving:
+        title += "; ▲ a run still improving when it stopped"
+    table = Table(title=title, title_justify="left")
     table.add_column("model")
     if depths:
         table.add_column("trainable blocks", justify="right")
-    for name in ("images", "seeds", "final top-1", "train time", "peak memory"):
+    for name in ("images", "seeds", "test top-1", "train time", "peak memory"):
         table.add_column(name, justify="right")
     done = {_key(r.model, r.fraction, r.trainable_blocks): r for r in summary.itertuples()}
     planned: dict[tuple, int] = {}
@@ -123,9 +140,48 @@ def _summary_table(results: pd.DataFrame, summary: pd.DataFrame) -> Table:
         cells = [escape(str(model))]
         if depths:
             cells.append("all" if blocks is None else str(blocks))
-        cells += _summary_cells(row, planned[key])
+        cells += _summary_cells(row, planned[key], key in improving)
         table.add_row(*cells)
     return table
+
+
+def _pair_table(pair: HeadToHead) -> Table:
+    """The verdict's decision per size: A − B over seeds with its interval, the adjusted p and
+    the outcome (see the report's verdict for the rule)."""
+    depth = "" if pair.blocks is None else f", last {pair.blocks} blocks trainable"
+    alpha = pair.verdicts[0].alpha
+    table = Table(
+        title=f"Head to head: {escape(pair.a)} − {escape(pair.b)}, test top-1 paired by seed"
+        f"{depth} (α = {alpha:g}, Holm over sizes)",
+        title_justify="left",
+    )
+    for name in ("images", "seeds", "A − B", "95 % interval", "p (Holm)", "outcome"):
+        table.add_column(name, justify="left" if name == "outcome" else "right")
+    for p, v in zip(pair.compared, pair.verdicts, strict=True):
+        d = v.comparison.difference
+        interval = "—" if d.n < 2 else f"{_signed(d.low)} to {_signed(d.high)}"
+        table.add_row(
+            size_text(p.images),
+            str(d.n),
+            f"{_signed(d.mean)} pts",
+            interval,
+            "—" if pd.isna(v.p_adjusted) else f"{v.p_adjusted:.2g}",
+            escape(_outcome(v)),
+        )
+    return table
+
+
+def _outcome(v: SizeVerdict) -> str:
+    if v.outcome == "better":
+        return f"{v.winner} better"
+    if v.outcome == "indistinguishable":
+        return "indistinguishable"
+    more = "" if v.seeds_needed is None else f" (about {v.seeds_needed} would tell)"
+    return f"too few seeds{more}"
+
+
+def _signed(x: float) -> str:
+    return f"{100 * x:+.1f}".replace("-", "−")
 
 
 def _analysis_table(root: Path) -> Table | None:
@@ -145,13 +201,13 @@ def _analysis_table(root: Path) -> Table | None:
     return table
 
 
-def _summary_cells(row, planned: int) -> list[str]:
+def _summary_cells(row, planned: int, improving: bool) -> list[str]:
     if row is None:
         return ["—", f"0/{planned}", "—", "—", "—"]
     return [
         "—" if pd.isna(row.num_train_images) else f"{int(row.num_train_images):,}",
         f"{row.n}/{planned}",
-        pm(row.final_val_top1_mean, row.final_val_top1_std),
+        pm(row.test_top1_mean, row.test_top1_std) + (" ▲" if improving else ""),
         "—" if pd.isna(row.train_seconds) else f"{row.train_seconds:.1f} s",
         "—" if pd.isna(row.peak_memory_mb) else f"{row.peak_memory_mb:,.0f} MB",
     ]

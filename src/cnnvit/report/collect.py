@@ -26,25 +26,33 @@ RESULT_COLUMNS = [
     "model",
     "fraction",
     "num_train_images",
-    "num_val_images",
+    "num_selection_images",
+    "num_test_images",
     "seed",
     "trainable_blocks",
     "status",
     "error",
-    "best_val_top1",
-    "final_val_top1",
-    "top5",
-    "macro_f1",
+    "best_selection_top1",
+    "test_top1",
+    "test_top5",
+    "test_macro_f1",
+    "test_ece",
     "params_total",
     "params_trainable",
     "mean_epoch_seconds",
     "train_seconds",
     "peak_memory_mb",
     "epochs_completed",
+    "steps_completed",
+    "budget",
+    "steps_planned",
+    "stopped_early",
+    "still_improving",
+    "selected_on",
 ]
 
 # Accuracy-like metrics aggregated with mean, std and a 95 % interval over seeds.
-SPREAD_METRICS = ["final_val_top1", "best_val_top1", "macro_f1"]
+SPREAD_METRICS = ["test_top1", "best_selection_top1", "test_macro_f1", "test_ece"]
 # Cost metrics aggregated with a plain mean over seeds.
 MEAN_METRICS = [
     "mean_epoch_seconds",
@@ -55,29 +63,36 @@ MEAN_METRICS = [
 ]
 GROUP_KEYS = ["model", "fraction", "trainable_blocks"]
 
-# results.json key -> results.csv column (final_val_top1 falls back to the last epoch's val acc).
+# results.csv column -> its results.json keys, newest first: runs written before the three-way
+# split called the test split "val" and chose their best epoch on it.
 _RESULT_KEYS = {
-    "best_val_top1": "best_val_acc",
-    "top5": "final_top5",
-    "macro_f1": "macro_f1",
-    "params_total": "params_total",
-    "params_trainable": "params_trainable",
-    "mean_epoch_seconds": "mean_epoch_seconds",
-    "train_seconds": "train_seconds",
-    "peak_memory_mb": "peak_memory_mb",
-    "epochs_completed": "epochs_completed",
-    "num_train_images": "num_train_images",
-    "num_val_images": "num_val_images",
+    "best_selection_top1": ("best_selection_acc", "best_val_acc"),
+    "test_top1": ("test_top1", "final_top1"),
+    "test_top5": ("test_top5", "final_top5"),
+    "test_macro_f1": ("test_macro_f1", "macro_f1"),
+    "test_ece": ("test_ece",),
+    "params_total": ("params_total",),
+    "params_trainable": ("params_trainable",),
+    "mean_epoch_seconds": ("mean_epoch_seconds",),
+    "train_seconds": ("train_seconds",),
+    "peak_memory_mb": ("peak_memory_mb",),
+    "epochs_completed": ("epochs_completed",),
+    "steps_completed": ("steps_completed",),
+    "num_train_images": ("num_train_images",),
+    "num_selection_images": ("num_selection_images",),
+    "num_test_images": ("num_test_images", "num_val_images"),
 }
 
 
 _COUNT_COLUMNS = (
     "num_train_images",
-    "num_val_images",
+    "num_selection_images",
+    "num_test_images",
     "params_total",
     "params_trainable",
-    "epochs_completed",
+    "steps_completed",
 )
+_NULLABLE_COUNTS = (*_COUNT_COLUMNS, "steps_planned")
 
 
 @dataclass(frozen=True)
@@ -219,8 +234,10 @@ def collect_results(study_dir: Path | str, info: StudyInfo | None = None) -> pd.
     frame["trainable_blocks"] = frame["trainable_blocks"].astype("Int64")
     for col in ("seed",):
         frame[col] = frame[col].astype("int64")
-    for col in _COUNT_COLUMNS:
+    for col in _NULLABLE_COUNTS:
         frame[col] = frame[col].astype("Int64")
+    for col in ("stopped_early", "still_improving"):
+        frame[col] = frame[col].astype("boolean")
     return frame
 
 
@@ -236,15 +253,33 @@ def _result_row(cell: CellSpec) -> dict[str, Any]:
         "error": None if res is None else res.get("error"),
     }
     res = res or {}
-    for col, key in _RESULT_KEYS.items():
-        row[col] = as_number(res.get(key))
-    # The final evaluation's top-1 is the number of record; a run that stopped early only has
-    # the last epoch's validation accuracy.
-    final = as_number(res.get("final_top1"))
-    row["final_val_top1"] = final if not math.isnan(final) else as_number(res.get("final_val_acc"))
+    for col, keys in _RESULT_KEYS.items():
+        row[col] = next((as_number(res[k]) for k in keys if k in res), math.nan)
     for col in _COUNT_COLUMNS:
         row[col] = None if math.isnan(row[col]) else int(row[col])
+    row.update(_budget_columns(res))
+    # Runs from before the three-way split chose their best epoch on the test split itself.
+    row["selected_on"] = None
+    if res:
+        row["selected_on"] = "selection" if "num_selection_images" in res else "test"
     return row
+
+
+def _budget_columns(res: dict[str, Any]) -> dict[str, Any]:
+    """budget (its kind), steps_planned, stopped_early and still_improving; None where the run
+    did not record them (runs from before budgets and the convergence check)."""
+    budget = res.get("budget")
+    budget = budget if isinstance(budget, dict) else {}
+    planned = as_number(budget.get("steps_planned"))
+    convergence = res.get("convergence")
+    flag = convergence.get("still_improving") if isinstance(convergence, dict) else None
+    stopped = res.get("stopped_early")
+    return {
+        "budget": budget.get("kind"),
+        "steps_planned": None if math.isnan(planned) else int(planned),
+        "stopped_early": stopped if isinstance(stopped, bool) else None,
+        "still_improving": flag if isinstance(flag, bool) else None,
+    }
 
 
 # --- aggregates over seeds -----------------------------------------------------------------
@@ -330,16 +365,17 @@ def _ordered(summary: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
 def read_curves(info: StudyInfo, results: pd.DataFrame) -> pd.DataFrame:
     """The epochs.csv of every completed cell, stacked, with the cell's grid coordinates.
 
-    Columns: cell, model, fraction, seed, trainable_blocks, then epochs.csv's own columns.
+    Columns: cell, model, fraction, seed, trainable_blocks, then epochs.csv's own columns, and
+    three that read the same for every run: ``step`` (optimiser steps; for an old log without
+    steps, epoch × steps per epoch where results.json knows it, else NaN), ``score_acc`` (the
+    accuracy scored during training) and ``scored_on``: ``selection``, or ``test`` for runs from
+    before the three-way split, whose ``val_acc`` was the test split's.
     """
     frames = []
     runs = {c.id: c.run_dir for c in info.cells}
     for row in results[results["status"] == "completed"].itertuples(index=False):
-        path = RunFolder(runs[row.cell]).epochs
-        if not path.is_file():
-            continue
-        epochs = pd.read_csv(path)
-        if epochs.empty:
+        epochs = _read_log(RunFolder(runs[row.cell]))
+        if epochs is None:
             continue
         epochs.insert(0, "cell", row.cell)
         epochs.insert(1, "model", row.model)
@@ -348,12 +384,34 @@ def read_curves(info: StudyInfo, results: pd.DataFrame) -> pd.DataFrame:
         epochs.insert(4, "trainable_blocks", row.trainable_blocks)
         frames.append(epochs)
     if not frames:
-        return pd.DataFrame(
-            columns=["cell", "model", "fraction", "seed", "trainable_blocks", "epoch"]
-        )
+        return pd.DataFrame(columns=[*CURVE_KEYS, "epoch", "step", "score_acc", "scored_on"])
     curves = pd.concat(frames, ignore_index=True)
     curves["trainable_blocks"] = curves["trainable_blocks"].astype("Int64")
     return curves
+
+
+CURVE_KEYS = ["cell", "model", "fraction", "seed", "trainable_blocks"]
+
+
+def _read_log(run: RunFolder) -> pd.DataFrame | None:
+    """One run's epochs.csv with ``step``, ``score_acc`` and ``scored_on``; None without one."""
+    if not run.epochs.is_file():
+        return None
+    log = pd.read_csv(run.epochs)
+    if log.empty or "epoch" not in log:
+        return None
+    if "selection_acc" in log:
+        log["score_acc"], log["scored_on"] = log["selection_acc"], "selection"
+    elif "val_acc" in log:
+        log["score_acc"], log["scored_on"] = log["val_acc"], "test"
+    else:
+        return None
+    if "step" not in log:
+        budget = (run.read_results() or {}).get("budget")
+        per_epoch = as_number(budget.get("steps_per_epoch")) if isinstance(budget, dict) else None
+        log["step"] = log["epoch"] * (math.nan if per_epoch is None else per_epoch)
+    log["step"] = log["step"].astype("float64")
+    return log
 
 
 def read_metrics(info: StudyInfo) -> dict[str, dict[str, Any]]:
@@ -366,6 +424,18 @@ def read_environments(info: StudyInfo) -> dict[str, dict[str, Any]]:
     """environment.json of every cell that has one, by cell id."""
     found = {cell.id: read_json(RunFolder(cell.run_dir).environment) for cell in info.cells}
     return {cell_id: data for cell_id, data in found.items() if data is not None}
+
+
+def read_result_dicts(info: StudyInfo, key: str) -> dict[str, dict[str, Any]]:
+    """results.json's ``key`` (a mapping) of every cell that has one, by cell id:
+    ``convergence`` (was the selection score still rising when training stopped, and the
+    check's advice) or ``budget`` (kind, steps per epoch, steps and evaluations planned)."""
+    out = {}
+    for cell in info.cells:
+        found = (RunFolder(cell.run_dir).read_results() or {}).get(key)
+        if isinstance(found, dict):
+            out[cell.id] = found
+    return out
 
 
 def read_families(info: StudyInfo) -> dict[str, str]:
@@ -394,6 +464,8 @@ class StudyData:
     metrics: dict[str, dict[str, Any]]
     environments: dict[str, dict[str, Any]]
     families: dict[str, str] = field(default_factory=dict)  # model label -> cnn/vit/hybrid
+    convergence: dict[str, dict[str, Any]] = field(default_factory=dict)  # cell -> its check
+    budgets: dict[str, dict[str, Any]] = field(default_factory=dict)  # cell -> its budget
 
     @property
     def models(self) -> list[str]:
@@ -412,4 +484,6 @@ def load_study_data(study_dir: Path | str) -> StudyData:
         metrics=read_metrics(info),
         environments=read_environments(info),
         families=read_families(info),
+        convergence=read_result_dicts(info, "convergence"),
+        budgets=read_result_dicts(info, "budget"),
     )

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 from cnnvit.markup import Markup, esc, join, tag
 
 if TYPE_CHECKING:
-    from cnnvit.report.sections import ReportContext, Section
+    from cnnvit.report.context import ReportContext
+    from cnnvit.report.section import Section
 
 
 # --- the page ------------------------------------------------------------------------------
@@ -69,6 +70,7 @@ td.error { color: #8b1a1a; font-family: ui-monospace, "DejaVu Sans Mono", monosp
 .status-diverged { background: #fff1d6; color: #8a5300; }
 .status-failed { background: #fde2e1; color: #a1261f; }
 .status-missing, .status-running, .status-unknown { background: #eceff3; color: #4b5560; }
+.status-improving { background: #e4ecfb; color: #1c4f9c; white-space: nowrap; }
 p.missing { background: #fff8e1; border-left: 4px solid #e0b000; padding: 8px 12px; }
 p.note { color: var(--muted); font-size: 13.5px; max-width: 90ch; }
 footer { margin-top: 48px; color: var(--muted); font-size: 12.5px; }

@@ -21,7 +21,7 @@ from cnnvit.profile.record import ModelProfile, profile_rows
 from cnnvit.report.collect import StudyData
 
 if TYPE_CHECKING:
-    from cnnvit.report.sections import ReportContext
+    from cnnvit.report.context import ReportContext
 
 
 def study_profiles(data: StudyData) -> list[ModelProfile]:

@@ -12,7 +12,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
-    from cnnvit.report.sections import ReportContext
+    from cnnvit.report.context import ReportContext
 
 __all__ = ["Section"]
 

@@ -38,9 +38,12 @@ CELL_COLUMNS = [
     "seed",
     "trainable_blocks",
     "status",
+    "still_improving",
+    "selected_on",
+    "steps_completed",
     "epochs_completed",
-    "final_val_top1",
-    "best_val_top1",
+    "test_top1",
+    "best_selection_top1",
     "train_seconds",
     "run_dir",
     "error",
@@ -50,13 +53,60 @@ CELL_COLUMNS = [
 def accuracy_table(data: StudyData) -> pd.DataFrame:
     """Final top-1 per model (rows) and training size: mean, std, 95 % interval, seeds."""
     keep = ["model", "trainable_blocks", "fraction", "num_train_images", "n"]
-    keep += [f"final_val_top1_{s}" for s in ("mean", "std", "ci95_low", "ci95_high")]
+    keep += [f"test_top1_{s}" for s in ("mean", "std", "ci95_low", "ci95_high")]
     return data.summary[keep].copy()
 
 
 def efficiency_table(data: StudyData) -> pd.DataFrame:
     """Cost per model and training size, mean over completed seeds."""
     return data.summary[EFFICIENCY_COLUMNS].copy()
+
+
+BUDGET_COLUMNS = [
+    "model",
+    "trainable_blocks",
+    "fraction",
+    "num_train_images",
+    "n",
+    "budget",
+    "steps_planned",
+    "steps_completed_mean",
+    "epochs_completed_mean",
+    "stopped_early",
+    "still_improving",
+    "convergence_unknown",
+]
+
+
+def budget_table(data: StudyData) -> pd.DataFrame:
+    """Per model and training size, over completed seeds: the budget, the steps planned, the
+    steps and epochs taken (means), and how many seeds stopped early or were still improving
+    (``convergence_unknown``: seeds the check could not tell, or that did not record it)."""
+    done = data.results[data.results["status"] == "completed"]
+    rows = []
+    keys = ["model", "trainable_blocks", "fraction"]
+    for (model, blocks, fraction), group in done.groupby(keys, sort=False, dropna=False):
+        flag = group["still_improving"]
+        rows.append(
+            {
+                "model": model,
+                "trainable_blocks": blocks,
+                "fraction": fraction,
+                "num_train_images": group["num_train_images"].median(),
+                "n": len(group),
+                "budget": ", ".join(dict.fromkeys(group["budget"].dropna())) or None,
+                "steps_planned": group["steps_planned"].median(),
+                "steps_completed_mean": group["steps_completed"].astype("float64").mean(),
+                "epochs_completed_mean": group["epochs_completed"].astype("float64").mean(),
+                "stopped_early": int(group["stopped_early"].fillna(False).sum()),
+                "still_improving": int(flag.fillna(False).sum()),
+                "convergence_unknown": int(flag.isna().sum()),
+            }
+        )
+    table = pd.DataFrame(rows, columns=BUDGET_COLUMNS)
+    for column in ("trainable_blocks", "num_train_images", "steps_planned"):
+        table[column] = pd.to_numeric(table[column], errors="coerce").round().astype("Int64")
+    return table.sort_values(["fraction"], kind="stable").reset_index(drop=True)
 
 
 def largest_fraction_cells(data: StudyData) -> pd.DataFrame:

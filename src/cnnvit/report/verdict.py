@@ -1,17 +1,20 @@
-"""A short verdict in plain words, derived from the summary table alone.
+"""A short verdict in plain words, decided by tests and read off fitted curves.
 
-Rules (stated in the report too, so a reader can check them):
+Rules (printed in the report too, so a reader can check them):
 
-* **More accurate** at a training size: the higher mean final top-1 over seeds.
-* **Beyond the spread over seeds**: the difference of the two means is larger than the sum of
-  the two standard deviations over seeds. With fewer than two seeds for either model there is
-  no spread to compare with, and the verdict says so instead of guessing.
-* **Crossing**: between two neighbouring measured sizes where the sign of the accuracy
-  difference changes, at the point where the difference, linearly interpolated against
-  log(training images), is zero.
+* **Better, indistinguishable, or too few seeds** at a training size: the head-to-head pair is
+  paired by seed (same training subset, same test images) and decided by
+  :data:`cnnvit.stats.paired.RULE`: McNemar's exact test on the test images only one model got
+  right, pooled over seeds (the paired t-test of the seeds' accuracies where per-image
+  predictions are missing), Holm-adjusted over the sizes, with the interval over seeds on the
+  winner's side of zero.
+* **Learning curves**: test error against training images per model, with a seed bootstrap
+  (:mod:`cnnvit.report.learning_fit`): the data-efficiency exponent, where the curves cross and
+  how many images the weaker model needs to match the stronger, up to 10× the largest size.
+* **Not converged**: a comparison that rests on runs whose selection score was still rising
+  when training stopped (:data:`cnnvit.stats.convergence.RULE`) says so, with what to change.
 * **Cheaper to train**: the lower mean total training time at the largest size both models
-  finished; peak memory and parameter counts are reported alongside, with a "but" where they
-  point the other way.
+  finished; peak memory and parameter counts alongside, with a "but" where they disagree.
 
 With more than two models every size also gets a ranking, and the head-to-head compares the
 best CNN with the best ViT (or hybrid), families as the runs recorded them (results.json).
@@ -21,68 +24,46 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import pandas as pd
 
 from cnnvit.formatting import pct
+from cnnvit.report.collect import StudyData
+from cnnvit.report.learning_fit import curve_sentences, fit_pair
+from cnnvit.report.pairing import SizePair, size_pairs
+from cnnvit.stats.curves import CurveComparison
+from cnnvit.stats.paired import RULE, SizeVerdict, compare_at_size, decide, sentence
 
-METRIC = "final_val_top1"
-METHOD_NOTE = (
-    "How this is decided: a model is more accurate at a size when its mean final top-1 over "
-    "seeds is higher; the gap exceeds the spread over seeds when the difference of the means is "
-    "larger than the sum of the two standard deviations over seeds (with one seed this cannot "
-    "be told); curves cross where the accuracy difference, interpolated linearly against "
-    "log(training images), changes sign; the cheaper model is the one with the lower mean "
-    "total training time at the largest size both finished."
+METRIC = "test_top1"
+ALPHA = 0.05
+COST_RULE = (
+    "The cheaper model is the one with the lower mean total training time at the largest size "
+    "both finished."
 )
+METHOD_NOTE = f"{RULE} {COST_RULE}"
 
 
 @dataclass(frozen=True)
-class Crossing:
-    """Where two accuracy curves cross: the estimate and the two measured sizes around it."""
+class HeadToHead:
+    """The verdict's pair at one unfrozen depth: every size paired by seed, the decision of
+    each size where both have a seed in common (``verdicts``, aligned with :attr:`compared`),
+    and the fitted learning curves (None and ``curve_problem`` where none could be fitted)."""
 
-    images: float
-    low: float
-    high: float
-    below: str  # the model ahead below the crossing
-    above: str  # the model ahead above it
-    clear: bool = True  # the gaps on both sides exceed the spread over seeds
+    blocks: int | None
+    a: str
+    b: str
+    sizes: tuple[SizePair, ...]
+    verdicts: tuple[SizeVerdict, ...]
+    curves: CurveComparison | None
+    curve_problem: str | None
 
-
-@dataclass(frozen=True)
-class Point:
-    """One model at one training size: mean and spread over seeds."""
-
-    images: float
-    mean: float
-    std: float
-    n: int
+    @property
+    def compared(self) -> list[SizePair]:
+        return [p for p in self.sizes if p.seeds]
 
 
 # --- public ----------------------------------------------------------------------------------
-
-
-def verdict(
-    summary: pd.DataFrame,
-    models: Sequence[str],
-    families: Mapping[str, str] | None = None,
-) -> list[str]:
-    """Plain-language findings, one sentence per list item.
-
-    ``models`` are display labels in study order; ``families`` maps a label to ``cnn``, ``vit``
-    or ``hybrid`` and is only needed to pick the head-to-head pair among more than two models.
-    """
-    if summary.empty:
-        return ["No cell completed, so there is nothing to compare yet."]
-    out = []
-    groups = list(summary.groupby("trainable_blocks", sort=False, dropna=False))
-    for blocks, group in groups:
-        lines = _group_verdict(group, models, families)
-        if len(groups) > 1:
-            lines.insert(0, f"With {_blocks_text(blocks)}:")
-        out.extend(lines)
-    return out
 
 
 def head_to_head(
@@ -109,73 +90,94 @@ def head_to_head(
     return ranked[0], ranked[1]
 
 
-def find_crossings(summary: pd.DataFrame, a: str, b: str) -> list[Crossing]:
-    """Where the accuracy curves of ``a`` and ``b`` cross (one trainable_blocks group).
+def head_to_heads(
+    data: StudyData, families: Mapping[str, str] | None = None
+) -> dict[object, HeadToHead | None]:
+    """The verdict's pair at every unfrozen depth (key: None = all trainable, else the number
+    of trainable blocks), None where fewer than two models completed a cell."""
+    out: dict[object, HeadToHead | None] = {}
+    for blocks, group in data.summary.groupby("trainable_blocks", sort=False, dropna=False):
+        key = None if pd.isna(blocks) else int(blocks)
+        pair = head_to_head(group, data.models, families)
+        out[key] = None if pair is None else compare_pair(data, *pair, key)
+    return out
 
-    Between two neighbouring sizes with gaps of opposite sign the crossing is interpolated;
-    sizes where the two are exactly level are the crossing themselves when the lead changes
-    across them (and nothing when it does not: the curves touch).
+
+def compare_pair(data: StudyData, a: str, b: str, blocks: int | None) -> HeadToHead:
+    """Pair ``a`` and ``b`` by seed at every size, decide the sizes together, fit the curves."""
+    sizes = tuple(size_pairs(data, a, b, blocks))
+    comparisons = [
+        compare_at_size(a, b, p.acc_a, p.acc_b, p.discordant, alpha=ALPHA) for p in sizes if p.seeds
+    ]
+    verdicts = tuple(decide(comparisons, alpha=ALPHA)) if comparisons else ()
+    curves, problem = fit_pair(data, a, b, blocks)
+    return HeadToHead(blocks, a, b, sizes, verdicts, curves, problem)
+
+
+def verdict(
+    data: StudyData,
+    families: Mapping[str, str] | None = None,
+    pairs: Mapping[object, HeadToHead | None] | None = None,
+) -> list[str]:
+    """Plain-language findings, one sentence per list item.
+
+    ``families`` maps a label to ``cnn``, ``vit`` or ``hybrid`` (it picks the head-to-head pair
+    among more than two models); ``pairs`` are :func:`head_to_heads`' (computed when absent).
     """
-    pairs = _paired(summary, a, b)
-    points = [(pa.images, pa.mean - pb.mean) for pa, pb in pairs]
-    crossings = []
-    last = None  # index of the last size with a non-zero gap
-    for i, (_, d) in enumerate(points):
-        if d == 0:
-            continue
-        if last is not None and (points[last][1] > 0) != (d > 0):
-            clear = _beyond_spread(*pairs[last]) and _beyond_spread(*pairs[i])
-            crossings.append(replace(_crossing(points, last, i, a, b), clear=clear))
-        last = i
-    return crossings
+    summary = data.summary
+    if summary.empty:
+        return ["No cell completed, so there is nothing to compare yet."]
+    pairs = head_to_heads(data, families) if pairs is None else pairs
+    out = legacy_lines(data.results)
+    groups = list(summary.groupby("trainable_blocks", sort=False, dropna=False))
+    for blocks, group in groups:
+        key = None if pd.isna(blocks) else int(blocks)
+        lines = _group_verdict(data, group, pairs.get(key))
+        if len(groups) > 1:
+            lines.insert(0, f"With {_blocks_text(blocks)}:")
+        out.extend(lines)
+    return out
 
 
-def _beyond_spread(pa: Point, pb: Point) -> bool:
-    """The rule of the module docstring; False when a spread is unknown (one seed)."""
-    if min(pa.n, pb.n) < 2:
-        return False
-    return abs(pa.mean - pb.mean) > pa.std + pb.std
+def legacy_lines(results: pd.DataFrame) -> list[str]:
+    """What the verdict says of runs written before the three-way split (none: nothing)."""
+    done = results[results["status"] == "completed"]
+    old = int((done["selected_on"] == "test").sum())
+    if not old:
+        return []
+    which = f"All {old}" if old == len(done) else f"{old} of {len(done)}"
+    return [
+        f"{which} completed runs were written before the three-way split: they had no selection "
+        "split, so their best epochs were chosen on the test split itself, and their test "
+        "accuracies are slightly optimistic (the same images chose the epoch and scored it)."
+    ]
 
 
-def _crossing(points: list[tuple[float, float]], i: int, j: int, a: str, b: str) -> Crossing:
-    (x0, d0), (x1, d1) = points[i], points[j]
-    below, above = (a, b) if d0 > 0 else (b, a)
-    if j > i + 1:
-        # Level at the sizes in between: the crossing is there (their geometric middle).
-        level = [x for x, _ in points[i + 1 : j]]
-        middle = (
-            math.exp(sum(math.log(x) for x in level) / len(level)) if len(level) > 1 else level[0]
-        )
-        return Crossing(middle, level[0], level[-1], below, above)
-    # Linear in log(images): the gap closes in proportion to the log distance travelled.
-    lx0, lx1 = math.log(x0), math.log(x1)
-    x = math.exp(lx0 + (lx1 - lx0) * d0 / (d0 - d1))
-    return Crossing(x, x0, x1, below, above)
+def size_text(images: float) -> str:
+    """A training size as the sentences write it: '12,000'."""
+    return "an unknown number of" if math.isnan(images) else f"{round(images):,}"
 
 
 # --- one trainable_blocks group ------------------------------------------------------------
 
 
-def _group_verdict(
-    group: pd.DataFrame, models: Sequence[str], families: Mapping[str, str] | None
-) -> list[str]:
+def _group_verdict(data: StudyData, group: pd.DataFrame, pair: HeadToHead | None) -> list[str]:
+    models = data.models
     present = [m for m in models if m in set(group["model"])]
     lines = []
     absent = [m for m in models if m not in present]
     if absent:
         lines.append(f"No completed runs for {_join(absent)}.")
     if len(present) > 2:
-        lines.extend(_rankings(group, present))
-    pair = head_to_head(group, models, families)
+        lines.extend(_rankings(group))
     if pair is None:
         lines.extend(_single_model(group, present))
         return lines
-    a, b = pair
     if len(present) > 2:
-        lines.append(f"Head to head, {a} against {b}:")
-    lines.extend(_size_comparisons(group, a, b))
-    lines.append(_crossing_sentence(group, a, b))
-    cost = _cost_sentence(group, a, b)
+        lines.append(f"Head to head, {pair.a} against {pair.b}:")
+    lines.extend(_size_lines(data, pair))
+    lines.extend(_curve_lines(data, pair))
+    cost = _cost_sentence(group, pair.a, pair.b)
     if cost:
         lines.append(cost)
     return lines
@@ -185,98 +187,113 @@ def _single_model(group: pd.DataFrame, present: list[str]) -> list[str]:
     if not present:
         return []
     model = present[0]
-    points = [_point(r) for _, r in group[group["model"] == model].iterrows()]
-    sizes = ", ".join(f"{pct(p.mean)} at {_images(p.images)}" for p in _by_size(points))
-    return [f"Only {model} has completed runs ({sizes}); there is nothing to compare it with."]
+    rows = group[group["model"] == model].sort_values("num_train_images")
+    sizes = ", ".join(
+        f"{pct(r[f'{METRIC}_mean'])} at {_images(_float(r['num_train_images']))}"
+        for _, r in rows.iterrows()
+    )
+    return [
+        f"Only {model} has completed runs (test top-1 {sizes}); there is nothing to compare it "
+        "with."
+    ]
 
 
-def _rankings(group: pd.DataFrame, present: list[str]) -> list[str]:
+def _rankings(group: pd.DataFrame) -> list[str]:
     lines = []
-    for fraction, rows in group.groupby("fraction", sort=True):
+    for _, rows in group.groupby("fraction", sort=True):
         rows = rows.sort_values(f"{METRIC}_mean", ascending=False)
         ranked = ", ".join(
             f"{r.model} {pct(getattr(r, f'{METRIC}_mean'))}" for r in rows.itertuples()
         )
-        images = _images(_size_of(rows, fraction))
-        lines.append(f"Ranking at {images}: {ranked}.")
+        images = _float(pd.to_numeric(rows["num_train_images"], errors="coerce").median())
+        lines.append(f"Ranking at {_images(images)} (test top-1, mean over seeds): {ranked}.")
     return lines
 
 
-def _size_comparisons(group: pd.DataFrame, a: str, b: str) -> list[str]:
+def _size_lines(data: StudyData, pair: HeadToHead) -> list[str]:
     lines = []
-    for fraction in sorted(set(group["fraction"])):
-        rows = group[group["fraction"] == fraction]
-        pa, pb = _point_of(rows, a), _point_of(rows, b)
-        if pa is None or pb is None:
-            only = a if pa is not None else b
-            point = pa if pa is not None else pb
-            assert point is not None
+    decided = dict(zip((p.fraction for p in pair.compared), pair.verdicts, strict=True))
+    for p in pair.sizes:
+        if p.only is not None:
+            mean = data.summary.loc[
+                (data.summary["model"] == p.only) & (data.summary["fraction"] == p.fraction),
+                f"{METRIC}_mean",
+            ]
             lines.append(
-                f"At {_images(point.images)} only {only} has completed runs "
-                f"({pct(point.mean)}); no comparison there."
+                f"At {_images(p.images)} only {p.only} has completed runs "
+                f"(test top-1 {pct(mean.iloc[0])}); no comparison there."
             )
             continue
-        lines.append(_compare(pa, pb, a, b))
+        if not p.seeds:
+            lines.append(
+                f"At {_images(p.images)} {pair.a} and {pair.b} completed no seed in common, so "
+                "they cannot be paired there."
+            )
+            continue
+        lines.append(_size_sentence(p, decided[p.fraction], pair))
+        caution = convergence_caution(data, pair, p)
+        if caution:
+            lines.append(caution)
     return lines
 
 
-def _compare(pa: Point, pb: Point, a: str, b: str) -> str:
-    size = _images((pa.images + pb.images) / 2)
-    diff = pa.mean - pb.mean
-    if diff == 0:
-        return f"At {size}, {a} and {b} are level at {pct(pa.mean)}."
-    (win, pw), (lose, pl) = ((a, pa), (b, pb)) if diff > 0 else ((b, pb), (a, pa))
-    head = (
-        f"At {size}, {win} is more accurate than {lose}: {pct(pw.mean)} against "
-        f"{pct(pl.mean)} (+{_points(abs(diff))}, {_seeds(pw.n, pl.n)})"
+def _size_sentence(p: SizePair, v: SizeVerdict, pair: HeadToHead) -> str:
+    n = len(p.seeds)
+    means = (
+        f" Test top-1, mean over {n} seed{'s' if n != 1 else ''}: {pair.a} "
+        f"{pct(sum(p.acc_a) / n)}, {pair.b} {pct(sum(p.acc_b) / n)}."
     )
-    if min(pw.n, pl.n) < 2:
-        return (
-            head
-            + "; with a single seed, whether this exceeds the spread over seeds cannot be told."
-        )
-    if _beyond_spread(pw, pl):
-        return head + f"; the gap exceeds the spread over seeds (std {_std_sum(pw, pl)})."
-    return (
-        head + f"; the gap is within the spread over seeds (std {_std_sum(pw, pl)}), "
-        "so the two are not told apart at this size."
-    )
-
-
-def _crossing_sentence(group: pd.DataFrame, a: str, b: str) -> str:
-    pairs = _paired(group, a, b)
-    if len(pairs) < 2:
-        return "Both models finished at fewer than two common sizes, so no crossing can be located."
-    crossings = find_crossings(group, a, b)
-    lo, hi = _count(pairs[0][0].images), _images(pairs[-1][0].images)
-    if not crossings:
-        diffs = [pa.mean - pb.mean for pa, pb in pairs]
-        if all(d == 0 for d in diffs):
-            return f"The accuracy curves are level at every size from {lo} to {hi}."
-        leader = a if max(diffs) > 0 else b
-        level = " or level" if any(d == 0 for d in diffs) else ""
-        return (
-            f"The accuracy curves do not cross between {lo} and {hi}: "
-            f"{leader} is ahead{level} at every measured size."
-        )
-    parts = [_crossing_text(c) for c in crossings]
-    return "The accuracy curves cross " + "; and again ".join(parts) + "."
-
-
-def _crossing_text(c: Crossing) -> str:
-    if c.low == c.high:
-        where = f"at {_images(c.images)}, where they are level"
-    else:
-        where = (
-            f"between {_count(c.low)} and {_images(c.high)} "
-            f"(about {_count(c.images)}, interpolated on a log scale)"
-        )
-    text = f"{where}: {c.below} is ahead below, {c.above} above"
-    if not c.clear:
-        text += (
-            " (but a gap next to it is within the spread over seeds, so the crossing is uncertain)"
-        )
+    text = sentence(v, size_text(p.images)) + means
+    if p.discordant is None:
+        why = f" ({p.problem})" if p.problem else ""
+        text += f" No per-image comparison{why}: the paired t-test over seeds decided this size."
     return text
+
+
+def convergence_caution(data: StudyData, pair: HeadToHead, p: SizePair) -> str | None:
+    """A warning where a size's comparison rests on runs still improving when they stopped,
+    with what to change (the convergence check's advice); None where every run had levelled
+    off or could not be told."""
+    results = data.results
+    mine = results[
+        (results["status"] == "completed")
+        & (results["fraction"] == p.fraction)
+        & _depth_mask(results, pair.blocks)
+    ]
+    parts, advice = [], []
+    for model in (pair.a, pair.b):
+        cells = mine[mine["model"] == model]
+        flagged = cells[cells["still_improving"].fillna(False).astype(bool)]
+        if flagged.empty:
+            continue
+        parts.append(f"{len(flagged)} of {len(cells)} {model} runs")
+        for cell in flagged["cell"]:
+            text = str((data.convergence.get(cell) or {}).get("advice") or "")
+            if text and text not in advice:
+                advice.append(text)
+    if not parts:
+        return None
+    change = "; ".join(advice) or "train longer"
+    return (
+        f"Not converged: at {_images(p.images)}, {_join(parts)} were still improving when "
+        f"training stopped, so this comparison rests on runs that had not converged and may "
+        f"change with a longer budget; to settle it, {change}."
+    )
+
+
+def _curve_lines(data: StudyData, pair: HeadToHead) -> list[str]:
+    if pair.curves is None:
+        return [f"No learning curves: {pair.curve_problem}."] if pair.curve_problem else []
+    lines = curve_sentences(pair.curves)
+    unsettled = [
+        _images(p.images) for p in pair.compared if convergence_caution(data, pair, p) is not None
+    ]
+    if unsettled:
+        lines.append(
+            f"The curves include runs that were still improving (at {_join(unsettled)}), so the "
+            "exponents, the crossover and the images to match may move with a longer budget."
+        )
+    return lines
 
 
 def _cost_sentence(group: pd.DataFrame, a: str, b: str) -> str | None:
@@ -288,12 +305,12 @@ def _cost_sentence(group: pd.DataFrame, a: str, b: str) -> str | None:
         return None
     rows = group[group["fraction"] == both[-1]].set_index("model")
     ra, rb = rows.loc[a], rows.loc[b]
-    size = _images(_size_of(rows.reset_index(), both[-1]))
+    size = _images(_float(pd.to_numeric(rows["num_train_images"], errors="coerce").median()))
     ta, tb = float(ra["train_seconds"]), float(rb["train_seconds"])
     if math.isnan(ta) or math.isnan(tb) or ta == tb:
         return None
     (cheap, rc), rd = ((a, ra), rb) if ta < tb else ((b, rb), ra)
-    sentence = (
+    sentence_ = (
         f"{cheap} is cheaper to train: {format_seconds(rc['train_seconds'])} against "
         f"{format_seconds(rd['train_seconds'])} of training at {size} "
         f"({rd['train_seconds'] / rc['train_seconds']:.1f}× faster)"
@@ -314,10 +331,10 @@ def _cost_sentence(group: pd.DataFrame, a: str, b: str) -> str | None:
     good = [text for text, cheaper in filter(None, clauses) if cheaper]
     bad = [text for text, cheaper in filter(None, clauses) if not cheaper]
     if good:
-        sentence += ", with " + _join(good)
+        sentence_ += ", with " + _join(good)
     if bad:
-        sentence += ", but it needs more: " + _join(bad)
-    return sentence + "."
+        sentence_ += ", but it needs more: " + _join(bad)
+    return sentence_ + "."
 
 
 def _cost_clause(mine: float, theirs: float, fmt, what: str) -> tuple[str, bool] | None:
@@ -327,45 +344,19 @@ def _cost_clause(mine: float, theirs: float, fmt, what: str) -> tuple[str, bool]
     return f"{fmt(mine)} against {fmt(theirs)} {what}", mine <= theirs
 
 
-# --- points and pairing --------------------------------------------------------------------
-
-
-def _point(row: pd.Series) -> Point:
-    images = row["num_train_images"]
-    return Point(
-        images=float("nan") if pd.isna(images) else float(images),
-        mean=float(row[f"{METRIC}_mean"]),
-        std=float(row[f"{METRIC}_std"]),
-        n=int(row["n"]),
-    )
-
-
-def _point_of(rows: pd.DataFrame, model: str) -> Point | None:
-    mine = rows[rows["model"] == model]
-    return None if mine.empty else _point(mine.iloc[0])
-
-
-def _paired(group: pd.DataFrame, a: str, b: str) -> list[tuple[Point, Point]]:
-    """(a, b) points at every size both finished, ordered by number of images."""
-    pairs = []
-    for fraction in sorted(set(group["fraction"])):
-        rows = group[group["fraction"] == fraction]
-        pa, pb = _point_of(rows, a), _point_of(rows, b)
-        if pa is not None and pb is not None and pa.images > 0:
-            pairs.append((pa, pb))
-    return sorted(pairs, key=lambda p: p[0].images)
-
-
-def _by_size(points: list[Point]) -> list[Point]:
-    return sorted(points, key=lambda p: p.images)
-
-
-def _size_of(rows: pd.DataFrame, fraction: float) -> float:
-    sizes = pd.to_numeric(rows.loc[rows["fraction"] == fraction, "num_train_images"], "coerce")
-    return float(sizes.median())
-
-
 # --- wording -------------------------------------------------------------------------------
+
+
+def _depth_mask(results: pd.DataFrame, blocks: int | None) -> pd.Series:
+    depth = results["trainable_blocks"]
+    return (depth.isna() if blocks is None else (depth == blocks).fillna(False)).astype(bool)
+
+
+def _float(x: object) -> float:
+    try:
+        return float(x)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def _blocks_text(blocks: object) -> str:
@@ -380,28 +371,7 @@ def _join(items: Sequence[str]) -> str:
 
 
 def _images(n: float) -> str:
-    return (
-        "an unknown number of training images" if math.isnan(n) else f"{round(n):,} training images"
-    )
-
-
-def _count(n: float) -> str:
-    return f"{round(n):,}"
-
-
-def _points(d: float) -> str:
-    # Small gaps need the second decimal, or "+0.0 points" says nothing.
-    return f"{100 * d:.2f} points" if 100 * d < 1 else f"{100 * d:.1f} points"
-
-
-def _std_sum(pa: Point, pb: Point) -> str:
-    return f"{100 * pa.std:.2f} + {100 * pb.std:.2f} = {100 * (pa.std + pb.std):.2f} points"
-
-
-def _seeds(n_a: int, n_b: int) -> str:
-    if n_a == n_b:
-        return f"{n_a} seed{'s' if n_a != 1 else ''} each"
-    return f"{n_a} and {n_b} seeds"
+    return f"{size_text(n)} training images"
 
 
 def format_seconds(s: float) -> str:
