@@ -42,6 +42,10 @@ Outcome = Literal["better", "indistinguishable", "too_few_seeds"]
 
 POWER = 0.8
 
+# The smallest gap in accuracy worth detecting (one point): "indistinguishable" means the
+# seeds would have seen a gap this large.
+MIN_GAP = 0.01
+
 RULE = (
     "How a size is decided. At each training-set size the two models are compared by one test: "
     "McNemar's exact test on the test images only one of them got right, pooled over the seeds, "
@@ -53,8 +57,9 @@ RULE = (
     "suffice when the seeds disagree, because then the seed-to-seed spread is larger than the "
     "gap. The two are called indistinguishable when the adjusted p is at least α, there are at "
     "least three seeds, and either the gap is exactly zero or the seeds were enough to detect a "
-    "gap of the observed size with 80 % power (two-sided paired t-test at α, given the observed "
-    "seed-to-seed spread; a gap every seed shows equally counts as detectable). Every other case "
+    "gap of one point (or the observed gap, where larger) with 80 % power (two-sided paired "
+    "t-test at α, given the observed seed-to-seed spread; a gap every seed shows equally counts "
+    "as detectable). Every other case "
     "is 'too few seeds to tell', with the number of seeds that would detect a gap of the "
     "observed size."
 )
@@ -287,7 +292,10 @@ def _outcome(c: SizeComparison, p_adjusted: float, alpha: float) -> tuple[Outcom
         return "too_few_seeds", None
     if d.mean == 0 or d.sd == 0:  # no gap, or a gap without spread that any two seeds show
         return "indistinguishable", None
-    needed = seeds_needed(d.mean, d.sd, alpha)
+    # Power against the observed gap is below one half whenever its test is not significant,
+    # so it would almost never allow "indistinguishable"; the question a reader asks is whether
+    # a gap worth having would have been seen. MIN_GAP is that gap.
+    needed = seeds_needed(max(abs(d.mean), MIN_GAP), d.sd, alpha)
     if needed is not None and needed <= d.n:
         return "indistinguishable", None
     return "too_few_seeds", None
