@@ -19,7 +19,8 @@ def test_a_log_that_still_rises_is_flagged():
     acc = 0.5 + 0.04 * k + rng.normal(0, 0.003, k.size)
     got = still_improving(steps, acc)
     assert got.status == "still_improving" and got.still_improving is True
-    line = stats.linregress(steps[-5:], acc[-5:])  # the last half, fitted independently
+    # the last quarter (steps 3,750 to 5,000) starts at the score of step 3,500: 4 scores
+    line = stats.linregress(steps[-4:], acc[-4:])
     assert got.gain == pytest.approx(line.slope * 5000.0 / 4)
     assert got.gain == pytest.approx(0.04 / 500 * 1250, rel=0.2)  # about 0.1
     assert got.noise >= NOISE_FLOOR and got.gain > 2 * got.noise
@@ -34,8 +35,9 @@ def test_a_plateau_is_not_flagged():
     acc = rise + rng.normal(0, 0.003, k.size)
     got = still_improving(steps, acc)
     assert got.status == "converged" and got.still_improving is False
+    # the last quarter (steps 1,500 to 2,000) from the score at step 1,500: 6 scores
     residual_sd = np.std(
-        acc[-10:] - np.polyval(np.polyfit(steps[-10:], acc[-10:], 1), steps[-10:]), ddof=2
+        acc[-6:] - np.polyval(np.polyfit(steps[-6:], acc[-6:], 1), steps[-6:]), ddof=2
     )
     assert got.noise == pytest.approx(max(residual_sd, NOISE_FLOOR))
     assert abs(got.gain) < 2 * got.noise
@@ -48,6 +50,16 @@ def test_a_small_steady_gain_below_half_a_point_is_not_flagged():
     got = still_improving(steps, acc)
     assert got.gain == pytest.approx(0.0004 / 1000 * 2000)
     assert got.noise == NOISE_FLOOR and got.status == "converged"
+
+
+def test_the_selection_splits_sampling_error_floors_the_noise():
+    steps = np.arange(1, 9) * 100.0
+    acc = 0.8 + 0.004 * np.arange(8)  # noiseless: 0.8 points over the last quarter
+    assert still_improving(steps, acc).status == "still_improving"
+    # measured on 400 images, an accuracy of 0.82 is uncertain to ±2 points: not a rise
+    got = still_improving(steps, acc, images=400)
+    assert got.noise == pytest.approx(math.sqrt(0.82 * 0.18 / 400), rel=0.03)
+    assert got.status == "converged"
 
 
 def test_three_points_cannot_tell():

@@ -1,7 +1,7 @@
 """Training budgets: the same optimiser steps at every training size, early stopping that
 restores its best selection score's weights, and a test split read only at the end."""
 
-import json
+import csv
 from pathlib import Path
 
 import pytest
@@ -84,11 +84,19 @@ def test_a_step_budget_takes_the_same_steps_at_every_training_size(tmp_path, mon
         taken.append(count["steps"] - before)
         epochs.append(results["epochs_completed"])
         assert results["steps_completed"] == 24 and results["budget"]["kind"] == "steps"
-        log = [json.loads(json.dumps(r)) for r in _steps_logged(out)]
-        assert log == [6, 12, 18, 24]
+        assert _steps_logged(out) == [6, 12, 18, 24]
+        # every row's rate covers all its steps, across the epochs between two scores
+        images = sum(float(r["seconds"]) * float(r["images_per_second"]) for r in _log(out))
+        seen = results["epochs_completed"] * results["num_train_images"]  # whole epochs here
+        assert images == pytest.approx(seen, rel=1e-6)
     assert taken == [24, 24]
-    # 1 % of 1,800 images is one batch of 18 (24 epochs); 20 % is 360 images (12 per epoch)
+    # 1 % of 1,800 images is one batch of 20 (24 epochs); 20 % is 360 images (12 per epoch)
     assert epochs == [24.0, 2.0]
+
+
+def _log(run_dir: Path) -> list[dict]:
+    with (run_dir / "epochs.csv").open() as f:
+        return list(csv.DictReader(f))
 
 
 def _steps_logged(run_dir: Path) -> list[int]:

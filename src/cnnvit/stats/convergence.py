@@ -25,13 +25,16 @@ MIN_GAIN = 0.005  # half a point of accuracy
 
 RULE = (
     "Was a run still improving? From the selection-split accuracy logged during training, fit a "
-    "straight line (least squares) to the last half of the log points (at least three) against "
-    "the optimiser step. The projected gain is the line's slope times a quarter of the run's "
-    "steps: what the last quarter of training added at the end's pace. The noise is the spread "
-    "of the points around that line (residual standard deviation), at least 0.002. The run was "
-    "still improving when the projected gain exceeds twice the noise and half a point (0.005); "
-    "with fewer than four log points it cannot be told."
+    "straight line (least squares) against the optimiser step to the scores of the last quarter "
+    "of the run (from the last score at or before its start; three scores at least). The "
+    "projected gain is the line's slope times a quarter of the run's steps: what the last "
+    "quarter added at its own pace. The noise is the larger of the scores' spread around that "
+    "line (residual standard deviation), the sampling error of an accuracy on the selection "
+    "split (√(p(1−p)/n) for n images) and 0.002. The run was still improving when the projected "
+    "gain exceeds twice the noise and half a point (0.005); with fewer than four scores it "
+    "cannot be told."
 )
+
 
 ADVICE = {
     "still_improving": (
@@ -56,10 +59,20 @@ class Convergence:
     advice: str
 
 
-def still_improving(steps: Sequence[float], accuracy: Sequence[float]) -> Convergence:
+def _sampling_error(accuracy: float, images: int | None) -> float:
+    """The standard error of an accuracy measured on ``images`` images (0 when unknown)."""
+    if not images:
+        return 0.0
+    return math.sqrt(max(accuracy * (1 - accuracy), 0.0) / images)
+
+
+def still_improving(
+    steps: Sequence[float], accuracy: Sequence[float], images: int | None = None
+) -> Convergence:
     """Apply :data:`RULE` to one cell's log: ``steps`` (cumulative optimiser steps at each log
-    point) and ``accuracy`` (selection-split accuracy there, a fraction), both shape (points,).
-    Log points with a missing value are left out."""
+    point) and ``accuracy`` (selection-split accuracy there, a fraction), both shape (points,);
+    ``images``: the size of the selection split, whose sampling error floors the noise. Log
+    points with a missing value are left out."""
     x = np.asarray(steps, dtype=float)
     y = np.asarray(accuracy, dtype=float)
     if x.shape != y.shape or x.ndim != 1:
@@ -70,13 +83,15 @@ def still_improving(steps: Sequence[float], accuracy: Sequence[float]) -> Conver
     x, y = x[order], y[order]
     if len(x) < MIN_POINTS or len(np.unique(x)) < MIN_POINTS:
         return Convergence(None, math.nan, math.nan, "unknown", ADVICE["unknown"])
-    last = max(3, math.ceil(len(x) / 2))
+    # The last quarter of training, from the last score at or before its start; three at least.
+    start = int(np.searchsorted(x, 0.75 * x[-1], side="right")) - 1
+    last = max(3, len(x) - max(start, 0))
     xs, ys = x[-last:], y[-last:]
     line = stats.linregress(xs, ys)
     residuals = ys - (line.intercept + line.slope * xs)
     # The spread around the line, with the line's two parameters taken off the degrees of freedom.
     spread = float(np.sqrt(np.sum(residuals**2) / (last - 2)))
-    noise = max(spread, NOISE_FLOOR)
+    noise = max(spread, _sampling_error(float(ys.mean()), images), NOISE_FLOOR)
     gain = float(line.slope) * x[-1] / 4
     improving = bool(gain > 2 * noise and gain > MIN_GAIN)
     status: Literal["converged", "still_improving"] = (

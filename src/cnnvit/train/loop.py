@@ -103,11 +103,12 @@ PauseFn = Callable[[int, "EpochStats"], bool]
 
 
 @dataclass
-class _Tally:
-    """Running loss, correct predictions and images of a stretch of steps (on the device)."""
+class Tally:
+    """Running loss, correct predictions, images and training time of a stretch of steps (sums
+    on the device); a stretch may span epochs (a small training set scored every few epochs),
+    and its clock runs only inside :func:`train_one_epoch`."""
 
     device: torch.device
-    start: float = 0.0
 
     def __post_init__(self) -> None:
         self.reset()
@@ -116,7 +117,16 @@ class _Tally:
         self.loss_sum = torch.zeros((), device=self.device)
         self.correct = torch.zeros((), device=self.device, dtype=torch.long)
         self.seen = 0
-        self.start = time.perf_counter()
+        self.seconds = 0.0
+        self.started = time.perf_counter()
+
+    def start_clock(self) -> None:
+        self.started = time.perf_counter()
+
+    def stop_clock(self) -> None:
+        _synchronize(self.device)
+        self.seconds += time.perf_counter() - self.started
+        self.started = time.perf_counter()
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         self.loss_sum += loss.detach() * len(labels)
@@ -124,10 +134,10 @@ class _Tally:
         self.seen += len(labels)
 
     def stats(self) -> EpochStats:
-        _synchronize(self.device)
-        seconds = time.perf_counter() - self.start
+        """The stretch so far; the clock must be stopped."""
         n = max(self.seen, 1)
-        return EpochStats(self.loss_sum.item() / n, self.correct.item() / n, self.seen, seconds)
+        loss, correct = self.loss_sum.item() / n, self.correct.item() / n
+        return EpochStats(loss, correct, self.seen, self.seconds)
 
 
 def train_one_epoch(
@@ -142,6 +152,7 @@ def train_one_epoch(
     stop_at: int | None = None,
     pause_at: Collection[int] = (),
     on_pause: PauseFn | None = None,
+    tally: Tally | None = None,
 ) -> EpochStats:
     """Train for one pass over ``loader``; raise DivergedError on a non-finite loss.
 
@@ -152,12 +163,14 @@ def train_one_epoch(
 
     The pass ends early at global step ``stop_at``. After each global step in ``pause_at``,
     ``on_pause(step, stats since the last pause)`` runs (it may score the model; the model is
-    put back in training mode after it) and ends the pass by returning True. The returned stats
-    cover the steps since the last pause.
+    put back in training mode after it) and ends the pass by returning True. The stats (passed
+    to ``on_pause`` and returned) cover the steps since the last pause, counted in ``tally``,
+    which carries over from the previous epoch when given.
     """
     model, runtime = step.model, step.runtime
     model.train()
-    tally = _Tally(runtime.device)
+    tally = tally if tally is not None else Tally(runtime.device)
+    tally.start_clock()  # the time between epochs (checkpoints, scores) is not training time
     last = first_step + len(loader) if stop_at is None else min(stop_at, first_step + len(loader))
     task = progress.add_task(label, total=last - first_step, rate="") if progress else None
     for i, (images, labels) in enumerate(loader):
@@ -168,6 +181,7 @@ def train_one_epoch(
             _check_finite(tally.loss_sum, global_step)
             _show_rate(progress, task, i + 1, tally)
         if global_step in pause_at and on_pause is not None:
+            tally.stop_clock()
             stop = on_pause(global_step, tally.stats())
             model.train()
             tally.reset()
@@ -175,6 +189,7 @@ def train_one_epoch(
                 break
         if global_step >= last:
             break
+    tally.stop_clock()
     if progress is not None:
         progress.remove_task(task)
     return tally.stats()
@@ -211,10 +226,10 @@ def _one_step(
     return logits, loss, labels
 
 
-def _show_rate(progress: Progress | None, task, done: int, tally: _Tally) -> None:
+def _show_rate(progress: Progress | None, task, done: int, tally: Tally) -> None:
     if progress is None:
         return
-    rate = tally.seen / max(time.perf_counter() - tally.start, 1e-9)
+    rate = tally.seen / max(tally.seconds + time.perf_counter() - tally.started, 1e-9)
     loss = tally.loss_sum.item() / max(tally.seen, 1)
     progress.update(task, completed=done, rate=f"{rate:,.0f} img/s  loss {loss:.3f}")
 

@@ -35,6 +35,7 @@ from cnnvit.train.checkpoint import load_checkpoint, save_checkpoint
 from cnnvit.train.loop import (
     DivergedError,
     EpochStats,
+    Tally,
     TrainingStep,
     make_loss,
     predict_logits,
@@ -217,13 +218,13 @@ def _train_epochs(s: Session, results: dict) -> None:
         s.model, s.optimizer, s.scheduler, loss_fn, s.runtime, cfg.optim.grad_clip, mix, s.ema
     )
     peak = PeakMemory(s.runtime.device)
+    tally = Tally(s.runtime.device)  # the steps since the last score, across epochs
     s.folder.write_results(results)
     s.stopped_early = _patience_spent(s)
     for epoch in range(s.start_epoch, plan.epochs + 1):
         if s.stopped_early:
             break
         first, last = plan.epoch_steps(epoch)
-        peak.reset()
         with progress_bar(cfg.train.progress) as progress:
 
             def pause(global_step: int, stats: EpochStats, epoch: int = epoch) -> bool:
@@ -240,6 +241,7 @@ def _train_epochs(s: Session, results: dict) -> None:
                 stop_at=last,
                 pause_at=set(plan.evaluate_at),
                 on_pause=pause,
+                tally=tally,
             )
         if cfg.output.checkpoint:
             _save(s, epoch)
@@ -382,7 +384,7 @@ def _convergence(s: Session) -> dict:
     gain against its noise; :mod:`cnnvit.stats.convergence`)."""
     steps = [float(r["step"]) for r in s.history]
     accuracy = [float(r["selection_acc"]) for r in s.history]
-    return asdict(still_improving(steps, accuracy))
+    return asdict(still_improving(steps, accuracy, s.data.selection.num_images))
 
 
 def _weights_word(s: Session) -> str:
