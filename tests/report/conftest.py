@@ -92,7 +92,7 @@ def make_study(
     epochs: int = 5,
     budget: str = "steps",
     still_improving: Collection[str] = (),
-    legacy: bool = False,
+    legacy: bool | Collection[str] = False,
     name: str = "test-study",
     command: str = "cnnvit compare --out study",
 ) -> Path:
@@ -104,7 +104,8 @@ def make_study(
     selection scores a completed run logs; ``budget`` the budget's kind; the selection score of
     the cells in ``still_improving`` climbs to the end, the others' levels off (results.json's
     ``convergence`` is what :mod:`cnnvit.stats.convergence` makes of the log).
-    ``legacy`` writes every run folder as cnnvit did before the three-way split.
+    ``legacy`` writes every run folder (True) or those of the cells it lists as cnnvit did
+    before the three-way split.
     """
     models = models or [("resnet_mini", "resnet_mini"), ("vit_mini", "vit_mini")]
     fractions = fractions or [0.02, 0.07, 0.25]
@@ -153,7 +154,7 @@ def make_study(
                         scores=epochs,
                         budget=budget,
                         improving=cid in still_improving,
-                        legacy=legacy,
+                        legacy=legacy is True or (legacy is not False and cid in legacy),
                     )
                     write_run(root / "runs" / cid, spec)
     meta = {

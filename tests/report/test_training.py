@@ -119,3 +119,28 @@ def test_an_old_study_builds_and_says_where_its_best_epochs_were_chosen(tmp_path
     assert "cannot be told" in _section(page, "budget")
     results = pd.read_csv(root / "results.csv")
     assert (results["selected_on"] == "test").all() and results["test_top1"].notna().all()
+
+
+def test_a_study_with_some_old_runs_says_how_many(tmp_path, study_factory):
+    old = {f"vit_mini-f{f:g}-s0" for f in (0.02, 0.07, 0.25)}
+    root = study_factory(tmp_path / "mixed", seeds=[0, 1], legacy=old)
+    page = write_report(root).read_text()
+    assert _header(page)["Chosen on"].endswith(
+        "But 3 of 12 runs were written before the three-way split: they had no selection split, "
+        "so their best epochs were chosen on the test split itself, and their test numbers are "
+        "slightly optimistic."
+    )
+    assert _header(page)["Selection split"].endswith("; none in 3 older runs")
+    assert "3 of 12 completed runs were written before the three-way split" in page
+
+
+def test_early_stopping_budget(tmp_path, study_factory):
+    root = study_factory(tmp_path / "es", budget="early_stopping", seeds=[0, 1])
+    page = write_report(root).read_text()
+    assert _header(page)["Budget"].startswith(
+        "early stopping: a run stops after 2 scores of the selection split without a new best "
+        "(at most 150 to 1,880 optimiser steps, scored up to 10 times)"
+    )  # the fabricated cap: twice 5 epochs of ceil(960 / 64) = 15 and ceil(12,000 / 64) = 188
+    table = pd.read_csv(root / "tables" / "budget.csv")
+    assert (table["stopped_early"] == 2).all() and (table["budget"] == "early_stopping").all()
+    assert "2 of 2" in _section(page, "budget")

@@ -160,7 +160,7 @@ def test_a_comparison_on_runs_still_improving_says_so(tmp_path, study_factory):
     lines = verdict(data)
     caution = lines[lines.index(_at(lines, 0.02)) + 1]
     assert caution.startswith(
-        "Not converged: at 960 training images, 1 of 3 vit_b runs were still improving when "
+        "Not converged: at 960 training images, 1 of 3 vit_b runs was still improving when "
         "training stopped, so this comparison rests on runs that had not converged"
     )
     assert caution.endswith(

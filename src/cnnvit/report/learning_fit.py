@@ -127,7 +127,7 @@ def _crossover(c: CurveComparison) -> str:
     if x.n is None:
         return (
             f"The fitted curves do not cross within {MAX_EXTRAPOLATION:g}× of the largest size "
-            f"({_count(end)} training images): {below} stays ahead from {_count(lo)} on "
+            f"({_exact(end)} training images): {below} stays ahead from {_exact(lo)} on "
             f"({share})."
         )
     interval = (
@@ -139,7 +139,7 @@ def _crossover(c: CurveComparison) -> str:
         "inside the measured range"
         if crossover_where(c) == "inside"
         else f"extrapolated beyond the data (up to {MAX_EXTRAPOLATION:g}×, the largest measured "
-        f"size is {_count(largest)})"
+        f"size is {_exact(largest)})"
     )
     return (
         f"The fitted curves cross at about {_count(x.n)} training images ({interval}; {share}), "
@@ -149,13 +149,13 @@ def _crossover(c: CurveComparison) -> str:
 
 def _match(c: CurveComparison) -> str:
     m = c.images_to_match
-    target = f"{m.stronger}'s fitted test accuracy at {_count(m.at)} images ({_pct(1 - m.error)})"
+    target = f"{m.stronger}'s fitted test accuracy at {_exact(m.at)} images ({_pct(1 - m.error)})"
     if m.n is not None and m.n <= m.at:
-        return f"{m.weaker} and {m.stronger} have the same fitted test accuracy at {_count(m.at)}."
+        return f"{m.weaker} and {m.stronger} have the same fitted test accuracy at {_exact(m.at)}."
     if m.n is None:
         return (
             f"{m.weaker} would not reach {target} within {MAX_EXTRAPOLATION:g}× "
-            f"({_count(MAX_EXTRAPOLATION * m.at)} images); "
+            f"({_exact(MAX_EXTRAPOLATION * m.at)} images); "
             f"{100 * m.reached_share:.0f} % of resamples do."
         )
     high = f"beyond {MAX_EXTRAPOLATION:g}×" if m.high is None else _count(m.high)
@@ -231,6 +231,11 @@ def _row(blocks: object, c: CurveComparison, curve: ModelCurve) -> dict[str, Any
 
 def _nan(x: float | None) -> float:
     return math.nan if x is None else float(x)
+
+
+def _exact(n: float) -> str:
+    """A measured size (or a multiple of one) as it is: 1,386, 13,860."""
+    return f"{round(n):,}"
 
 
 def _count(n: float) -> str:

@@ -291,7 +291,12 @@ STUDY_SECTIONS: list[Section] = [
         figures=accuracy_figures,
         tables=accuracy_tables,
     ),
-    Section("learning-curves", "Learning curves", render_curves, figures=curve_figures),
+    Section(
+        "learning-curves",
+        "Training curves (selection accuracy)",
+        render_curves,
+        figures=curve_figures,
+    ),
     Section("budget", "Training budget and convergence", render_budget, tables=budget_tables),
     Section("efficiency", "Efficiency", render_efficiency, tables=efficiency_tables),
     Section(

@@ -260,12 +260,13 @@ def convergence_caution(data: StudyData, pair: HeadToHead, p: SizePair) -> str |
         & (results["fraction"] == p.fraction)
         & _depth_mask(results, pair.blocks)
     ]
-    parts, advice = [], []
+    parts, advice, flagged_runs = [], [], 0
     for model in (pair.a, pair.b):
         cells = mine[mine["model"] == model]
         flagged = cells[cells["still_improving"].fillna(False).astype(bool)]
         if flagged.empty:
             continue
+        flagged_runs += len(flagged)
         parts.append(f"{len(flagged)} of {len(cells)} {model} runs")
         for cell in flagged["cell"]:
             text = str((data.convergence.get(cell) or {}).get("advice") or "")
@@ -274,8 +275,9 @@ def convergence_caution(data: StudyData, pair: HeadToHead, p: SizePair) -> str |
     if not parts:
         return None
     change = "; ".join(advice) or "train longer"
+    verb = "was" if flagged_runs == 1 else "were"
     return (
-        f"Not converged: at {_images(p.images)}, {_join(parts)} were still improving when "
+        f"Not converged: at {_images(p.images)}, {_join(parts)} {verb} still improving when "
         f"training stopped, so this comparison rests on runs that had not converged and may "
         f"change with a longer budget; to settle it, {change}."
     )
