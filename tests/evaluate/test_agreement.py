@@ -278,14 +278,14 @@ def _image_folder(root: Path, n_per_class: int = 6) -> Path:
     return root
 
 
-def test_a_holdout_split_needs_the_same_split_seed(tmp_path: Path):
+def test_a_holdout_split_needs_the_same_holdout_seed(tmp_path: Path):
     folder = _image_folder(tmp_path / "images")
     spec = f"folder:{folder}"
     frame = pd.DataFrame({"index": [0, 1], "label": [0, 1], "prediction": [0, 0]})
-    a = _run(tmp_path, "a", frame, {"spec": spec, "split_seed": 0, "val_fraction": 0.2})
-    b = _run(tmp_path, "b", frame, {"spec": spec, "split_seed": 1, "val_fraction": 0.2})
+    a = _run(tmp_path, "a", frame, {"spec": spec, "holdout_seed": 0, "test_fraction": 0.2})
+    b = _run(tmp_path, "b", frame, {"spec": spec, "holdout_seed": 1, "test_fraction": 0.2})
     with pytest.raises(
-        AgreementError, match=r"data\.split_seed is 0 against 1.*no validation split"
+        AgreementError, match=r"data\.holdout_seed is 0 against 1.*no test split"
     ):
         agree_runs(a, b)
 
@@ -294,7 +294,7 @@ def test_validation_images_are_the_runs_own(tmp_path: Path):
     run = _run(tmp_path, "a", _frame(read_dataset(SYNTH).val.labels, 0.8, 1), {"spec": SYNTH})
     want = read_dataset(SYNTH).val.images[[5, 0, 399]]
     np.testing.assert_array_equal(validation_images(run, [5, 0, 399]), want)
-    with pytest.raises(ValueError, match="outside its validation split of 400 images"):
+    with pytest.raises(ValueError, match="outside its test split of 400 images"):
         validation_images(run, [400])
 
 

@@ -67,12 +67,14 @@ def test_every_file_and_consistent_numbers(tiny: Path):
     summary = pd.read_csv(tiny / "summary.csv")
     for row in summary.itertuples():
         cells = results[(results.model == row.model) & (results.fraction == row.fraction)]
-        values = cells.final_val_top1.to_numpy()
-        assert row.final_val_top1_mean == pytest.approx(values.mean())
-        assert row.final_val_top1_std == pytest.approx(values.std(ddof=1))
-    # the smaller fraction is a stratified quarter of each class (76 or 77 images), every seed
+        values = cells.test_top1.to_numpy()
+        assert row.test_top1_mean == pytest.approx(values.mean())
+        assert row.test_top1_std == pytest.approx(values.std(ddof=1))
+    # the smaller fraction is a stratified quarter of each class of the training pool (what
+    # the 10 % selection split leaves), every seed
     labels = read_dataset(SYNTH).train.labels
-    expected = sum(math.ceil(0.25 * n) for n in np.bincount(labels))
+    pool = [n - round(0.1 * n) for n in np.bincount(labels)]
+    expected = sum(math.ceil(0.25 * n) for n in pool)
     assert set(results[results.fraction == 0.25].num_train_images) == {expected}
 
 
@@ -128,7 +130,7 @@ def test_killed_study_resumes_to_the_same_results(tiny: Path, tmp_path: Path):
     assert _compare(study, out) == 0
     assert first.stat().st_mtime_ns == first_mtime  # the finished cell was not redone
     got, want = pd.read_csv(out / "results.csv"), pd.read_csv(reference / "results.csv")
-    accuracy = ["cell", "status", "final_val_top1", "best_val_top1", "top5", "macro_f1"]
+    accuracy = ["cell", "status", "test_top1", "best_selection_top1", "test_top5", "test_macro_f1"]
     pd.testing.assert_frame_equal(got[accuracy], want[accuracy])
 
 
@@ -150,7 +152,7 @@ def test_failed_and_diverged_cells_are_recorded_and_the_rest_finish(tmp_path: Pa
     assert results[results.model == "broken"].error.str.contains("no_such_argument").all()
     page = (out / "report.html").read_text()
     assert "diverged" in page and "failed" in page and "no_such_argument" in page
-    assert np.isfinite(results[results.model == "resnet_mini"].final_val_top1).all()
+    assert np.isfinite(results[results.model == "resnet_mini"].test_top1).all()
 
 
 def test_missing_data_of_any_study_stops_before_the_first_cell(tmp_path: Path, capsys):

@@ -144,17 +144,24 @@ def test_seed000_freeze_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 def test_seed001_har_transfer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     classes = [f"action_{i}" for i in range(15)]
     write_har(tmp_path / "data" / "human-action-recognition", classes, per_class=3)
-    cells = _cells(_compare("seed001_har_transfer.yaml", tmp_path, monkeypatch))
+    out = _compare("seed001_har_transfer.yaml", tmp_path, monkeypatch)
+    cells = _cells(out)
     assert len(cells) == 3 * 3
     assert {c["num_classes"] for c in cells.values()} == {15}
     optim = {
         cid: (c["config"]["optim"]["name"], c["config"]["optim"]["lr"]) for cid, c in cells.items()
     }
-    assert optim["ResNet-18-f1-s0"] == ("adam", 1e-3)
-    assert optim["ViT-B_16-f1-s0"] == optim["ViT-Ti_16-f1-s0"] == ("adamw", 1e-4)
+    # The optimiser follows the seed's family split; the rate is each model's tuned one.
+    tuning = json.loads((out / "tuning" / "tuning.json").read_text())
+    assert len(tuning["trials"]) == 3 * 3 and tuning["fraction"] == 0.1
+    chosen = {model: setting["lr"] for model, setting in tuning["chosen"].items()}
+    assert set(chosen.values()) <= {1e-4, 3e-4, 1e-3}
+    assert optim["ResNet-18-f1-s0"] == ("adam", chosen["ResNet-18"])
+    assert optim["ViT-B_16-f1-s0"] == ("adamw", chosen["ViT-B/16"])
+    assert optim["ViT-Ti_16-f1-s0"] == ("adamw", chosen["ViT-Ti/16"])
     assert cells["ResNet-18-f1-s0"]["config"]["train"]["batch_size"] == 32
     # 20 % held out, stratified: one of each class's three images
-    assert cells["ResNet-18-f1-s0"]["num_val_images"] == 15
+    assert cells["ResNet-18-f1-s0"]["num_test_images"] == 15
 
 
 @pytest.mark.parametrize("study", ["seed003_gresnet.yaml", "seed003_gresnet_ablation.yaml"])

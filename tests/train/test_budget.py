@@ -152,3 +152,35 @@ def test_the_test_split_is_opened_only_after_the_last_step(tmp_path, monkeypatch
     monkeypatch.setattr(PreparedData, "open_test", open_test)
     results = train(_cfg(tmp_path / "sealed", "train.epochs=2"))
     assert opened_at == [results["steps_completed"]] == [114]  # 57 steps per epoch, 2 epochs
+
+
+def test_a_step_budget_resumes_to_the_same_scores(tmp_path, monkeypatch):
+    """Scores every 6 steps on a 20-image training set (one step per epoch): checkpoints come
+    only after epochs that scored, and a run killed between two of them replays the rest."""
+    args = (
+        "data.train_fraction=0.01",
+        "train.budget.kind=steps",
+        "train.budget.steps=24",
+        "train.budget.evaluations=4",
+    )
+    whole = train(_cfg(tmp_path / "whole", *args))
+    real = run_module.train_one_epoch
+    calls = {"n": 0}
+
+    def killed_in_epoch_9(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 9:  # after the scores at steps 6 (epoch 6), before the one at 12
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(run_module, "train_one_epoch", killed_in_epoch_9)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tmp_path / "cut", *args))
+    monkeypatch.setattr(run_module, "train_one_epoch", real)
+    checkpoints = list((tmp_path / "cut" / "checkpoints").glob("epoch-*"))
+    assert [c.name for c in checkpoints] == ["epoch-0006"]  # not one per epoch
+    resumed = run_module.resume(tmp_path / "cut")
+    timing = {"seconds", "images_per_second", "peak_memory_mb"}
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]  # noqa: E731
+    assert strip(_log(tmp_path / "cut")) == strip(_log(tmp_path / "whole"))
+    assert resumed["test_top1"] == whole["test_top1"]

@@ -1,7 +1,7 @@
 """The images an analysis looks at: uint8, in memory, with labels and class names.
 
 From a run folder the split is rebuilt from ``config.yaml`` exactly as training built it (reader,
-classes, validation holdout, validation subset), without downloading; from a data spec it is the
+classes, test holdout, test subset), without downloading; from a data spec it is the
 dataset's own split. Either way a stratified subset (the same for every model and every re-run)
 bounds the count, and image files are decoded at one size (shorter side resized, centre crop).
 """
@@ -84,7 +84,7 @@ def images_from_run(
     cfg = read_run_config(RunFolder(run_dir).config)
     splits = rebuild_splits(cfg.data)
     source = splits.val if split == "val" else splits.train
-    assert source is not None  # load_splits always provides a validation split
+    assert source is not None  # load_splits always provides a test split
     size = image_size(cfg.data, source)
     return _to_image_set(source, splits.classes, size, max_images, seed, f"{splits.name} {split}")
 

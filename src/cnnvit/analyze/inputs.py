@@ -2,7 +2,7 @@
 of one run: the study stage (its analysed cells) or one CLI verb (run folders or model names).
 
 Written once for every analysis: subjects with distinct labels, and stratified subsets of the
-validation (or training) images, each loaded once per size.
+test (or training) images, each loaded once per size.
 """
 
 from __future__ import annotations

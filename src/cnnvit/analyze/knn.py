@@ -1,7 +1,7 @@
 """How well a model's penultimate features serve as an embedding: k-nearest-neighbour retrieval.
 
 The index is the training images' pre-logits features (``forward_head(forward_features(x),
-pre_logits=True)``, timm's API), the queries the validation images'. Features are compared by
+pre_logits=True)``, timm's API), the queries the test images'. Features are compared by
 cosine similarity (L2-normalised, inner product). Search is exact: a matrix product on the
 subject's device in blocks of ``chunk`` queries x ``chunk`` index vectors with a running
 ``torch.topk``, so memory is bounded by ``chunk``^2 similarities whatever the index size (fine
@@ -250,12 +250,12 @@ def knn_retrieval(
     batch_size: int = 256,
     progress: bool = True,
 ) -> KnnRun:
-    """Embed ``index`` (training images) and ``queries`` (validation images) with each model
+    """Embed ``index`` (training images) and ``queries`` (test images) with each model
     and score kNN retrieval of the queries against the index for each k."""
     if index.classes != queries.classes:
         raise ValueError(
             "index and queries must share their class names (the same dataset's train and "
-            f"validation splits): {index.classes[:5]}... and {queries.classes[:5]}..."
+            f"test splits): {index.classes[:5]}... and {queries.classes[:5]}..."
         )
     start = time.perf_counter()
     models = [_score_model(s, index, queries, ks, batch_size, progress) for s in subjects]

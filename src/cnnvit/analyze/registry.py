@@ -87,7 +87,7 @@ class Command:
     """A CLI verb that runs one or more analyses (``explain`` runs three).
 
     ``defaults``: option values where the verb's default differs from a study's (``explain``
-    looks at 256 validation images, a study's Grad-CAM at all of them)."""
+    looks at 256 test images, a study's Grad-CAM at all of them)."""
 
     name: str
     help: str

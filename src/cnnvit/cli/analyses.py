@@ -2,7 +2,7 @@
 ``explain``, ``similarity``, ``knn``, ``shape-bias``, ``robustness`` and any analysis registered
 later.
 
-Each works on run folders (their trained model, preprocessing and validation images) or on model
+Each works on run folders (their trained model, preprocessing and test images) or on model
 names with weights and a ``--data`` spec, takes its analyses' options as flags (names, types and
 defaults from their typed options, the verb's own defaults where they differ from a study's), and
 writes the same folder a study's ``analysis/<name>/`` holds, so ``cnnvit report`` shows it when it
@@ -65,7 +65,7 @@ def _add_subject_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data",
         help="NAME or NAME:PATH of the images (default with run folders: the first run's "
-        "validation split)",
+        "test split)",
     )
     p.add_argument(
         "--num-classes",

@@ -50,15 +50,17 @@ def nested_fraction_indices(labels: np.ndarray, fraction: float, seed: int) -> n
 
 
 def stratified_holdout(
-    labels: np.ndarray, val_fraction: float, seed: int
+    labels: np.ndarray, val_fraction: float, seed: int, *, every_class: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Split indices into (train, val), each class contributing ``val_fraction`` to val."""
+    """Split indices into (train, val), each class contributing ``val_fraction`` to val (with
+    ``every_class``, at least one image of every class that has two)."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     train, val = [], []
+    least = 1 if every_class else 0
     # A different stream from the fractions' seed, so the held-out set does not bias them.
     for order in _class_orders(labels, seed + 7919).values():
-        n_val = round(val_fraction * len(order)) if len(order) > 1 else 0
+        n_val = max(least, round(val_fraction * len(order))) if len(order) > 1 else 0
         val.append(order[:n_val])
         train.append(order[n_val:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
@@ -118,7 +120,10 @@ def carve_selection(splits: DatasetSplits, size: float, seed: int) -> DatasetSpl
             f"data.selection_size={size:g} leaves no training images out of {pool:,}; give a "
             "fraction below 1 or fewer images"
         )
-    train_idx, sel_idx = stratified_holdout(splits.train.labels, fraction, seed + _SELECTION_STREAM)
+    # Every class in the selection split, however small, so that no choice ignores one.
+    train_idx, sel_idx = stratified_holdout(
+        splits.train.labels, fraction, seed + _SELECTION_STREAM, every_class=True
+    )
     if not len(sel_idx):
         raise DataError(
             f"data.selection_size={size:g} holds out no image of the {pool:,} training images; "

@@ -6,7 +6,7 @@ two gets right), with a paired bootstrap interval for the accuracy difference be
 statistics are scipy's and scikit-learn's; this module only arranges them.
 
 Inputs are two ``predictions.parquet`` frames (see :func:`cnnvit.metrics.
-predictions_frame`), aligned on ``index``, the image's position in the validation split.
+predictions_frame`), aligned on ``index``, the image's position in the test split.
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def compare_predictions(
     """Compare two models' predictions on the same images (``predictions.parquet`` frames).
 
     Refuses (:class:`AgreementError`) frames that do not hold the same images, or whose labels
-    differ for the same image: such predictions come from different validation sets.
+    differ for the same image: such predictions come from different test sets.
     """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
@@ -246,7 +246,7 @@ def align_predictions(
         raise AgreementError(
             f"the labels differ for {int(differ.sum())} of {len(joined)} images (indices "
             f"{some(joined.loc[differ, 'index'].to_numpy())}): the two prediction sets come "
-            "from different validation images or a different class order"
+            "from different test images or a different class order"
         )
     joined = joined.drop(columns="label_b").rename(columns={"label_a": "label"})
     return joined.astype({"index": np.int64, "label": np.int64})
@@ -373,7 +373,7 @@ def largest_common(
 
 
 def grid_indices(agreement: Agreement, max_images: int = GRID_IMAGES) -> np.ndarray:
-    """The validation indices a grid of disagreements of the two models may show, in either
+    """The test indices a grid of disagreements of the two models may show, in either
     order (A against B, or B against A)."""
     shown = agreement.shown_disagreements(max_images)["index"].to_numpy()
     swapped = agreement.disagreements.assign(
@@ -384,7 +384,7 @@ def grid_indices(agreement: Agreement, max_images: int = GRID_IMAGES) -> np.ndar
 
 
 def write_disagreement_images(path: Path, indices: np.ndarray, images: np.ndarray) -> None:
-    """The images (n, H, W, C) uint8 at validation ``indices`` (n,), as one .npz file."""
+    """The images (n, H, W, C) uint8 at test ``indices`` (n,), as one .npz file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.npz")
     np.savez_compressed(tmp, indices=np.asarray(indices, np.int64), images=images)
@@ -420,8 +420,8 @@ def disagreement_figure(
     both predictions with their confidences (green right, red wrong).
 
     ``images`` is (N, H, W, C) or (N, C, H, W), uint8, numpy or torch. ``indices`` gives the
-    validation index of each image; without it, ``images[i]`` is the image of index ``i`` (the
-    whole validation split). Which disagreements are shown: :meth:`Agreement.shown_disagreements`.
+    test index of each image; without it, ``images[i]`` is the image of index ``i`` (the
+    whole test split). Which disagreements are shown: :meth:`Agreement.shown_disagreements`.
     """
     classes = list(classes or agreement.classes)
     names = tuple(names or agreement.names)

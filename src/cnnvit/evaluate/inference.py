@@ -391,5 +391,5 @@ def _folder_name(label: str) -> str:
 
 def evaluation_split(splits: Any) -> Source:
     """The split to evaluate: the held-out one where the dataset has it, else its only split
-    (``imagenet-val:PATH`` holds the 50,000 validation images as its single split)."""
+    (``imagenet-val:PATH`` holds the 50,000 test images as its single split)."""
     return splits.val if splits.val is not None else splits.train

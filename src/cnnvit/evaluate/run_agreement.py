@@ -30,10 +30,10 @@ from cnnvit.plotting import save_png
 
 __all__ = ["agree_runs", "validation_images", "validation_mismatch"]
 
-# The data settings that decide which images the validation split holds (image_size, channels,
+# The data settings that decide which images the test split holds (image_size, channels,
 # normalisation and the training fraction change how they are seen or trained on, not which).
 _SAME_IMAGES_KEYS = ("spec", "root", "classes", "max_test_images")
-# These matter only where the validation split is carved out of the training files.
+# These matter only where the test split is carved out of the training files.
 _HOLDOUT_KEYS = ("test_fraction", "holdout_seed")
 
 
@@ -52,7 +52,7 @@ def agree_runs(
     """Compare two evaluated run folders (``predictions.parquet``, ``config.yaml``).
 
     Checks first that both validated on the same images (same data spec, root, classes and
-    validation subset; same holdout split where the split is carved from the training files).
+    test subset; same holdout split where the split is carved from the training files).
     With ``out_dir``, writes agreement.json, per_class_agreement.csv and (``figure``) the grid of
     disagreements as disagreements.png; a grid whose images cannot be read is left out with a
     warning, the statistics are written regardless. ``names`` default to the models' names.
@@ -104,7 +104,7 @@ def validation_mismatch(a: DataConfig, b: DataConfig) -> str | None:
         if getattr(a, key) != getattr(b, key) and not _has_own_validation(a):
             return (
                 f"data.{key} is {getattr(a, key)!r} against {getattr(b, key)!r}, and {a.spec} "
-                "has no validation split of its own, so each run held out different images"
+                "has no test split of its own, so each run held out different images"
             )
     return None
 
@@ -156,11 +156,11 @@ def _default_names(run_a: Path, run_b: Path, model_a: str, model_b: str) -> tupl
 
 
 def validation_images(run_dir: Path | str, indices: Sequence[int] | np.ndarray) -> np.ndarray:
-    """The run's validation images at ``indices`` (positions in predictions.parquet's ``index``)
+    """The run's test images at ``indices`` (positions in predictions.parquet's ``index``)
     as (n, H, W, C) uint8, without augmentation or normalisation.
 
     The split is rebuilt from config.yaml exactly as training built it (reader, classes, holdout,
-    validation subset), without downloading. In-memory formats are indexed directly; image files
+    test subset), without downloading. In-memory formats are indexed directly; image files
     are decoded only at the indices asked, at the run's image size, after dropping the files the
     run skipped as unreadable (skipped.csv) so that positions match its predictions.
     """
@@ -176,7 +176,7 @@ def validation_images(run_dir: Path | str, indices: Sequence[int] | np.ndarray) 
     if len(idx) and (idx.min() < 0 or idx.max() >= len(val)):
         raise DataError(
             f"{run_dir}: image index {int(idx.max() if idx.max() >= len(val) else idx.min())} is "
-            f"outside its validation split of {len(val)} images (has the data changed?)"
+            f"outside its test split of {len(val)} images (has the data changed?)"
         )
     if isinstance(val, ArraySource):
         return val.images[idx].copy()  # (n, H, W, C)

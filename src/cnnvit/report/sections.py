@@ -33,6 +33,7 @@ from cnnvit.report.tables import (
     largest_fraction_cells,
 )
 from cnnvit.report.training import budget_tables, cell_tables, render_budget, render_cells
+from cnnvit.report.tuning import render_tuning, tuning_shown, tuning_tables
 from cnnvit.report.verdict import METHOD_NOTE
 
 __all__ = ["ReportContext", "render_header", "report_sections"]
@@ -298,6 +299,7 @@ STUDY_SECTIONS: list[Section] = [
         figures=curve_figures,
     ),
     Section("budget", "Training budget and convergence", render_budget, tables=budget_tables),
+    Section("tuning", "Recipe tuning", render_tuning, tables=tuning_tables, shown=tuning_shown),
     Section("efficiency", "Efficiency", render_efficiency, tables=efficiency_tables),
     Section(
         "cost-profile",

@@ -1,7 +1,7 @@
 """The images the report's grid of disagreements shows, saved by the study after training.
 
 For every two models, per unfrozen depth and seed, at the largest training size both finished:
-the validation images where the two label differently (those a grid may show, in either order),
+the test images where the two label differently (those a grid may show, in either order),
 read back from the runs' own data and saved as ``agreement/<cell>__<cell>.npz``. The report then
 draws the grid from files alone, without the dataset.
 """

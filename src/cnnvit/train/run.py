@@ -243,7 +243,10 @@ def _train_epochs(s: Session, results: dict) -> None:
                 on_pause=pause,
                 tally=tally,
             )
-        if cfg.output.checkpoint:
+        # A checkpoint after every epoch that scored (and the last): a small training set runs
+        # many epochs between two scores, and a resume replays from the last checkpoint anyway.
+        scored = s.history and int(s.history[-1]["epoch"]) == epoch
+        if cfg.output.checkpoint and (scored or epoch == plan.epochs or s.stopped_early):
             _save(s, epoch)
         results.update(_summary(s))
         s.folder.write_results(results)

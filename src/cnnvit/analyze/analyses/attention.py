@@ -49,7 +49,7 @@ DISTANCE_CSV = "attention_distance.csv"
 
 class AttentionOptions(AnalysisOptions):
     images: int = Field(
-        500, gt=0, description="validation images for the attention distances (stratified)"
+        500, gt=0, description="test images for the attention distances (stratified)"
     )
     grid_images: int = Field(6, gt=0, description="rows of each ViT's attention grid")
 
@@ -74,7 +74,7 @@ class AttentionModel:
 class AttentionResult:
     """Every model's reach, and the images it was measured on."""
 
-    images: int  # validation images given
+    images: int  # test images given
     distance_images: int
     erf_images: int
     batch_size: int
@@ -442,7 +442,7 @@ def _grids(folder: AnalysisFolder, models: list[dict[str, Any]]) -> list[Markup]
 )
 def compute_attention(inputs: Inputs, options: AttentionOptions) -> AttentionResult:
     """Attention distances, maps and rollout for each ViT and the effective receptive field of
-    each CNN's stages, on ``options.images`` validation images."""
+    each CNN's stages, on ``options.images`` test images."""
     # The attention and gradients come from running the models (torch); imported when the
     # analysis runs, so that the registry and the report stay free of torch.
     from cnnvit.analyze.attention import attention_run

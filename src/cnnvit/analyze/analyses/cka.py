@@ -38,7 +38,7 @@ class CkaOptions(AnalysisOptions):
     batch_size: int = Field(
         64, ge=4, description="minibatch size, at least 4 (the estimator needs n > 3)"
     )
-    images: int = Field(1000, gt=0, description="validation images (stratified)")
+    images: int = Field(1000, gt=0, description="test images (stratified)")
 
 
 @dataclass
@@ -271,7 +271,7 @@ def _pair(folder: AnalysisFolder, pair: dict, settings: dict) -> Markup:
 )
 def compute_cka(inputs: Inputs, options: CkaOptions) -> CkaResult:
     """CKA of every pair of models and each model with itself, on ``options.images``
-    validation images."""
+    test images."""
     # The estimator runs the models (torch); imported when the analysis runs, so that the
     # registry and the report stay free of torch.
     from cnnvit.analyze.cka import all_pairs_cka

@@ -1,7 +1,7 @@
 """CNN feature maps: what each convolution responds to, channel-averaged, as a grid (``cnnvit
 explain``, with the Grad-CAM and attention analyses).
 
-For a few stratified validation images, every convolution's output averaged over its channels
+For a few stratified test images, every convolution's output averaged over its channels
 (:mod:`cnnvit.analyze.featuremaps` has the maths); a ViT, with no convolution but its patch
 embedding, is listed as skipped; a hybrid shows its conv block. Files: ``featuremaps.json`` and a
 grid ``featuremaps_<model>.png`` per CNN or hybrid (rows: images; columns: the input, then each
@@ -44,7 +44,7 @@ __all__ = [
 class FeaturemapsOptions(AnalysisOptions):
     grid_images: int = Field(4, gt=0, description="rows of each model's grid of maps")
     images: int | None = Field(
-        None, gt=0, description="validation images looked at (stratified); null = all"
+        None, gt=0, description="test images looked at (stratified); null = all"
     )
 
 
@@ -163,7 +163,7 @@ def render_featuremaps(folder: AnalysisFolder) -> Markup:
     parts = [
         tag(
             "p",
-            "Each row is a validation image; each column the output of one convolution, "
+            "Each row is a test image; each column the output of one convolution, "
             "averaged over its channels, shallow to deep, with its resolution (h × w) above it. "
             "Every map is scaled to its own range (viridis: yellow high, purple low), so compare "
             "patterns, not brightness, across columns. Early convolutions keep the object's "
@@ -205,7 +205,7 @@ def _model(folder: AnalysisFolder, model: dict) -> Markup:
 )
 def compute_featuremaps(inputs: Inputs, options: FeaturemapsOptions) -> FeaturemapsResult:
     """Each model's channel-mean convolution outputs for ``options.grid_images`` stratified
-    images of ``options.images`` validation images (None: all)."""
+    images of ``options.images`` test images (None: all)."""
     # The feature maps come from running the models (torch); imported when the analysis runs,
     # so that the registry and the report stay free of torch.
     from cnnvit.analyze.featuremaps import grid_feature_maps

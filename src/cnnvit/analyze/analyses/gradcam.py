@@ -1,7 +1,7 @@
 """Grad-CAM by depth: where each layer's evidence for a class lies in the image (``cnnvit
 explain``, with the attention and feature-map analyses).
 
-CAMs of a few stratified validation images at every depth of each model
+CAMs of a few stratified test images at every depth of each model
 (:mod:`cnnvit.analyze.cam` has the maths, pytorch-grad-cam's methods). Files: ``gradcam.json``,
 ``gradcam_area.csv`` (CAM area per layer), ``gradcam_area.png`` (CAM area against relative
 depth) and a grid ``gradcam_<model>.png`` per model (rows: images; columns: the input, then the
@@ -69,7 +69,7 @@ class GradcamOptions(AnalysisOptions):
         description="the class whose evidence the CAM shows: label (the true class) or predicted",
     )
     images: int | None = Field(
-        None, gt=0, description="validation images looked at (stratified); null = all"
+        None, gt=0, description="test images looked at (stratified); null = all"
     )
 
 
@@ -357,7 +357,7 @@ def _row(model: dict, num_images: int) -> list[object]:
     order=10,
 )
 def compute_gradcam(inputs: Inputs, options: GradcamOptions) -> GradcamResult:
-    """CAMs of ``options.num_images`` stratified images of ``options.images`` validation images
+    """CAMs of ``options.num_images`` stratified images of ``options.images`` test images
     (None: all) at every depth of each model."""
     # The CAMs run the models (torch); imported when the analysis runs, so that the registry
     # and the report stay free of torch.

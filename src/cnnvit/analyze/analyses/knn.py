@@ -1,6 +1,6 @@
 """Embedding quality: k-nearest-neighbour retrieval on penultimate features (``cnnvit knn``).
 
-Each model's pre-logits features of the training images are the index, those of the validation
+Each model's pre-logits features of the training images are the index, those of the test
 images the queries, compared by cosine similarity (:mod:`cnnvit.analyze.knn` has the search and
 the scores). Files: ``knn.json``, ``knn.csv`` (one row per model and k) and ``knn.png`` (kNN
 accuracy and recall@k against k).
@@ -44,7 +44,7 @@ __all__ = [
 KNN = Command(
     "knn",
     "k-nearest-neighbour retrieval on penultimate features: training images as the index, "
-    "validation images as queries",
+    "test images as queries",
     defaults={"max_index": None},
 )
 
@@ -61,7 +61,7 @@ class KnnOptions(AnalysisOptions):
         description="training images in the index (stratified); null = all",
         json_schema_extra={"flag": "--index-images"},
     )
-    max_queries: int | None = Field(None, gt=0, description="validation queries; null = all")
+    max_queries: int | None = Field(None, gt=0, description="test queries; null = all")
     batch_size: int = Field(256, gt=0, description="images per forward pass")
 
 
@@ -197,7 +197,7 @@ def render_knn(folder: AnalysisFolder) -> Markup:
         tag(
             "p",
             f"Each model's penultimate (pre-logits) features of the {settings['index_size']:,} "
-            f"training images are the index; each of the {settings['query_size']:,} validation "
+            f"training images are the index; each of the {settings['query_size']:,} test "
             "images is classified by a majority vote of its k most similar training images "
             "(cosine similarity). kNN accuracy near the head's own top-1 means the feature space "
             "itself groups the classes, so the features would serve search as well as "
@@ -292,7 +292,7 @@ def _within_index(ks: list[int], size: int) -> list[int]:
     order=50,
 )
 def compute_knn(inputs: Inputs, options: KnnOptions) -> KnnResult:
-    """kNN retrieval of ``options.max_queries`` validation images against an index of
+    """kNN retrieval of ``options.max_queries`` test images against an index of
     ``options.max_index`` training images (stratified; None: all), for each k."""
     # The search runs the models (torch); imported when the analysis runs, so that the
     # registry and the report stay free of torch.

@@ -50,7 +50,7 @@ ROBUSTNESS = Command(
 
 
 class RobustnessOptions(AnalysisOptions):
-    images: int = Field(500, gt=0, description="validation images")
+    images: int = Field(500, gt=0, description="test images")
     corruptions: list[str] | None = Field(
         None,
         description="null = all of them",
@@ -227,7 +227,7 @@ def render_robustness(folder: AnalysisFolder) -> Markup:
         )
     intro = tag(
         "p",
-        f"Top-1 accuracy on {settings.get('images')} validation images, clean and under "
+        f"Top-1 accuracy on {settings.get('images')} test images, clean and under "
         f"{len(names)} corruptions at severities {_severities(settings)} (parameters after "
         "ImageNet-C, Hendrycks & Dietterich 2019). Every model sees the same corrupted pixels. "
         "Relative accuracy = mean corrupted accuracy / clean accuracy: 100 % means the "
@@ -260,7 +260,7 @@ def render_robustness(folder: AnalysisFolder) -> Markup:
             folder.path,
             figures.get("examples"),
             "corruption examples",
-            "One validation image under each corruption (rows) at each severity (columns).",
+            "One test image under each corruption (rows) at each severity (columns).",
         )
     )
     return join(parts)
@@ -345,7 +345,7 @@ def robustness_verdict(data: dict[str, Any]) -> str | None:
     order=70,
 )
 def compute_robustness(inputs: Inputs, options: RobustnessOptions) -> RobustnessResult:
-    """Each model's top-1 accuracy on ``options.images`` validation images, clean and under
+    """Each model's top-1 accuracy on ``options.images`` test images, clean and under
     each corruption x severity."""
     # The corruptions and the models run in torch; imported when the analysis runs, so that
     # the registry and the report stay free of torch.

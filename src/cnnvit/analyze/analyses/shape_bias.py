@@ -2,7 +2,7 @@
 
 A cue-conflict image's shape says one class and its texture another; shape bias = shape hits /
 (shape + texture hits) over the images whose two classes differ (Geirhos et al. 2019). The
-images are generated from the validation images, or read from a folder in model-vs-human's
+images are generated from the test images, or read from a folder in model-vs-human's
 layout (:mod:`cnnvit.analyze.cue_conflict` makes or reads them and has the measure). Files:
 ``shape_bias.json``, ``shape_bias.csv`` (per model and shape class), ``shape_bias.png`` (per
 model: overall and per shape class), ``cue_conflict_examples.png`` and, per model,
@@ -253,7 +253,7 @@ def _source(settings: dict) -> Markup:
         where = f"the cue-conflict images of {settings.get('folder')}"
     else:
         where = (
-            f"{settings.get('images')} cue-conflict images generated from the validation images "
+            f"{settings.get('images')} cue-conflict images generated from the test images "
             f"of {settings.get('dataset') or 'the study'}: the silhouette of an image of one class "
             "filled with tiles cut from inside an image of another class (tiles shuffled, so "
             "only that image's local texture survives)"
@@ -342,7 +342,7 @@ def shape_bias_verdict(result: dict[str, Any]) -> str | None:
 )
 def compute_shape_bias(inputs: Inputs, options: ShapeBiasOptions) -> ShapeBiasResult:
     """Shape bias of each model on the cue-conflict images of ``options.folder`` when given,
-    otherwise on ``options.num_images`` generated from all the validation images."""
+    otherwise on ``options.num_images`` generated from all the test images."""
     # The models answer through torch; imported when the analysis runs, so that the registry
     # and the report stay free of torch.
     from cnnvit.analyze.cue_conflict import cue_conflict_answers
@@ -395,7 +395,7 @@ def _validation_images(inputs: Inputs) -> ImageSet:
     try:
         return inputs.val()
     except ValueError as err:
-        # Without validation images a folder of cue-conflict images still works: say so. A
+        # Without test images a folder of cue-conflict images still works: say so. A
         # note, so that the error keeps its type (a ConfigError, a DataError) and message.
         err.add_note(
             "shape bias can also read a folder of cue-conflict images in model-vs-human's "
