@@ -257,10 +257,10 @@ def test_agree_runs_refuses_runs_on_different_images(tmp_path: Path):
     frame = _frame(labels, 0.8, 1)
     a = _run(tmp_path, "a", frame, {"spec": SYNTH})
     other = _run(tmp_path, "b", frame, {"spec": SYNTH.replace("val_size=400", "val_size=401")})
-    with pytest.raises(AgreementError, match=r"did not validate on the same images: data\.spec"):
+    with pytest.raises(AgreementError, match=r"were not tested on the same images: data\.spec"):
         agree_runs(a, other)
-    subset = _run(tmp_path, "c", frame, {"spec": SYNTH, "max_val_images": 100})
-    with pytest.raises(AgreementError, match=r"data\.max_val_images"):
+    subset = _run(tmp_path, "c", frame, {"spec": SYNTH, "max_test_images": 100})
+    with pytest.raises(AgreementError, match=r"data\.max_test_images"):
         agree_runs(a, subset)
     (tmp_path / "c" / "predictions.parquet").unlink()
     (tmp_path / "c" / "config.yaml").write_text(yaml.safe_dump({"data": {"spec": SYNTH}}))
@@ -284,9 +284,7 @@ def test_a_holdout_split_needs_the_same_holdout_seed(tmp_path: Path):
     frame = pd.DataFrame({"index": [0, 1], "label": [0, 1], "prediction": [0, 0]})
     a = _run(tmp_path, "a", frame, {"spec": spec, "holdout_seed": 0, "test_fraction": 0.2})
     b = _run(tmp_path, "b", frame, {"spec": spec, "holdout_seed": 1, "test_fraction": 0.2})
-    with pytest.raises(
-        AgreementError, match=r"data\.holdout_seed is 0 against 1.*no test split"
-    ):
+    with pytest.raises(AgreementError, match=r"data\.holdout_seed is 0 against 1.*no test split"):
         agree_runs(a, b)
 
 

@@ -66,10 +66,14 @@ def test_default_studies_meet_the_brief():
     cpu, cuda = load_study(None), load_study(None, cuda=True)
     assert [m.name for m in cpu.models] == ["resnet_mini", "vit_mini"]
     assert [m.name for m in cuda.models] == ["resnet18_cifar", "vit_small_data"]
-    for study, seeds in ((cpu, 2), (cuda, 3)):
+    for study in (cpu, cuda):
+        # A fair study: the same optimiser steps at every size, three seeds to pair, and at least
+        # four sizes for the learning-curve fit.
         assert study.data.spec == "fashion-mnist"
-        assert len(study.fractions) >= 3 and max(study.fractions) / min(study.fractions) >= 10
-        assert len(study.seeds) >= seeds
+        assert len(study.fractions) >= 4 and max(study.fractions) / min(study.fractions) >= 5
+        assert len(study.seeds) >= 3
+        assert study.recipe.train.budget.kind == "steps"
+        assert study.data.selection_size >= 1000
 
 
 def test_labels_become_safe_folder_names(tmp_path: Path):
@@ -102,3 +106,13 @@ def test_own_depth_and_depth_sweep_do_not_mix():
     models = [{"name": "resnet_mini", "freeze": {"trainable_blocks": 2}}, "vit_mini"]
     with pytest.raises(ValueError, match=r"sweeps the unfrozen depth, but \['resnet_mini'\]"):
         _study(models=models, grid={"trainable_blocks": [1, 2]})
+
+
+def test_progress_bars_do_not_make_a_different_study():
+    from cnnvit.study.run import _trained_part
+
+    def study(progress: bool, steps: int) -> dict:
+        return {"name": "s", "recipe": {"train": {"progress": progress, "epochs": steps}}}
+
+    assert _trained_part(study(True, 1)) == _trained_part(study(False, 1))
+    assert _trained_part(study(True, 1)) != _trained_part(study(True, 2))

@@ -50,7 +50,7 @@ def test_run_completes_and_names_bad_files(tmp_path: Path, in_memory: str):
             "data.image_size=16",
             f"data.in_memory={in_memory}",
             "data.num_workers=0",
-            "data.val_fraction=0.25",
+            "data.test_fraction=0.25",
             "model.name=resnet_mini",
             f"output.dir={out}",
             "train.epochs=1",
@@ -70,6 +70,5 @@ def test_run_completes_and_names_bad_files(tmp_path: Path, in_memory: str):
     # every readable image is in exactly one split: 24 plain + 6 odd readable ones
     expected_val = metrics["num_images"]
     assert results["num_test_images"] >= expected_val
-    assert results["num_train_images"] + results["num_test_images"] == 24 + 6 + (
-        len(BAD) if in_memory == "never" else 0
-    )
+    held = results["num_train_images"] + results["num_selection_images"]
+    assert held + results["num_test_images"] == 24 + 6 + (len(BAD) if in_memory == "never" else 0)

@@ -61,7 +61,7 @@ def agree_runs(
     cfg_a, cfg_b = _run_config(run_a), _run_config(run_b)
     problem = validation_mismatch(cfg_a.data, cfg_b.data)
     if problem:
-        raise AgreementError(f"{run_a} and {run_b} did not validate on the same images: {problem}")
+        raise AgreementError(f"{run_a} and {run_b} were not tested on the same images: {problem}")
     classes = _run_classes(run_a, run_b)
     names = names or _default_names(run_a, run_b, cfg_a.model.name, cfg_b.model.name)
     agreement = compare_predictions(
@@ -96,7 +96,7 @@ def _write_figure(agreement: Agreement, run_dir: Path, out_dir: Path, max_images
 
 
 def validation_mismatch(a: DataConfig, b: DataConfig) -> str | None:
-    """Why two runs' ``DataConfig``s validate on different images, or None where they do not."""
+    """Why two runs' ``DataConfig``s test on different images, or None where they do not."""
     for key in _SAME_IMAGES_KEYS:
         if getattr(a, key) != getattr(b, key):
             return f"data.{key} is {getattr(a, key)!r} against {getattr(b, key)!r}"

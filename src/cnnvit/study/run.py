@@ -168,7 +168,12 @@ AFTER_TRAINING = ("profile", "analysis", "analysis_options")
 
 
 def _trained_part(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in AFTER_TRAINING}
+    part = {k: v for k, v in config.items() if k not in AFTER_TRAINING}
+    # Progress bars (--no-progress) change what is shown, not what is trained.
+    recipe = dict(part.get("recipe") or {})
+    recipe["train"] = {k: v for k, v in (recipe.get("train") or {}).items() if k != "progress"}
+    part["recipe"] = recipe
+    return part
 
 
 def _write_study_json(

@@ -142,6 +142,7 @@ def _run_session(cfg: RunConfig, folder: RunFolder, *, resume: bool) -> dict:
         _finish(session, results)
         raise
     metrics = _final_evaluation(session)
+    results.update(_summary(session))  # the test split's unreadable files are known only now
     results.update(
         status="completed",
         test_top1=metrics["top1"],
