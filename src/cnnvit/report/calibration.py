@@ -19,10 +19,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from cnnvit.formatting import count, pct, pm
-from cnnvit.markup import img, join, note, table
+from cnnvit.markup import img, join, note
 from cnnvit.plotting import model_colors, plain, style
 from cnnvit.report.collect import StudyData
-from cnnvit.report.layout import by_model, cached_table, model_cell
+from cnnvit.report.layout import cached_table, size_pivot
 from cnnvit.report.tables import largest_fraction_cells
 
 if TYPE_CHECKING:
@@ -246,23 +246,7 @@ def render_calibration(ctx: ReportContext) -> str:
 
 
 def _pivot(ctx: ReportContext, frame: pd.DataFrame):
-    fractions = sorted(set(frame["fraction"]))
-    sizes = frame.groupby("fraction")["num_train_images"].median()
-    headers = ["ECE on the test split", *(_size_header(f, sizes.get(f)) for f in fractions)]
-    rows = []
-    for (model, blocks), group in by_model(ctx, frame):
-        found = {r.fraction: r for r in group.itertuples()}
-        row: list[object] = [model_cell(ctx, model, blocks)]
-        for f in fractions:
-            r = found.get(f)
-            row.append(
-                "—" if r is None or not r.n else f"{pm(r.test_ece_mean, r.test_ece_std)} (n={r.n})"
-            )
-        rows.append(row)
-    return table(headers, rows, classes=["name", *["num"] * len(fractions)])
+    def cell(r, model: str, blocks: object) -> str:
+        return "—" if not r.n else f"{pm(r.test_ece_mean, r.test_ece_std)} (n={r.n})"
 
-
-def _size_header(fraction: float, images: object) -> str:
-    if images is None or pd.isna(images):
-        return f"fraction {fraction:g}"
-    return f"{int(images):,} images"
+    return size_pivot(ctx, frame, "ECE on the test split", cell)

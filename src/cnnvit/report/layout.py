@@ -5,19 +5,28 @@ numbers formatted for tables."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from cnnvit.formatting import is_missing
-from cnnvit.markup import Markup, esc, join
+from cnnvit.formatting import count, is_missing
+from cnnvit.markup import Markup, esc, join, table
 from cnnvit.report.collect import StudyData
 from cnnvit.report.verdict import format_seconds
 
 if TYPE_CHECKING:
     from cnnvit.report.context import ReportContext
 
-__all__ = ["by_model", "cached_table", "mb", "model_cell", "params", "secs"]
+__all__ = [
+    "by_model",
+    "cached_table",
+    "mb",
+    "model_cell",
+    "params",
+    "secs",
+    "size_pivot",
+    "size_rows",
+]
 
 
 def cached_table(ctx: ReportContext, name: str, build: Callable[[StudyData], pd.DataFrame]):
@@ -34,6 +43,44 @@ def by_model(ctx: ReportContext, frame: pd.DataFrame):
         groups,
         key=lambda g: (order.get(g[0][0], len(order)), -1 if pd.isna(g[0][1]) else g[0][1]),
     )
+
+
+def size_rows(
+    ctx: ReportContext, frame: pd.DataFrame, cells: Callable[[Any], list[object]]
+) -> list[list[object]]:
+    """One table row per model (and depth) and training size of ``frame``, in study order: the
+    model, its training images, its seeds, then ``cells(row)``."""
+    rows = []
+    for (model, blocks), group in by_model(ctx, frame):
+        for r in group.sort_values("fraction").itertuples():
+            rows.append([model_cell(ctx, model, blocks), count(r.num_train_images), r.n, *cells(r)])
+    return rows
+
+
+def size_pivot(
+    ctx: ReportContext,
+    frame: pd.DataFrame,
+    corner: str,
+    cell: Callable[[Any, str, object], str],
+) -> Markup:
+    """Models as rows, training sizes as columns; ``cell(row, model, blocks)`` is the text of
+    one (model, size), "—" where that size has no row."""
+    fractions = sorted(set(frame["fraction"]))
+    sizes = frame.groupby("fraction")["num_train_images"].median()
+    headers = [corner, *(_size_header(f, sizes.get(f)) for f in fractions)]
+    rows = []
+    for (model, blocks), group in by_model(ctx, frame):
+        found = {r.fraction: r for r in group.itertuples()}
+        row: list[object] = [model_cell(ctx, model, blocks)]
+        row += ["—" if found.get(f) is None else cell(found[f], model, blocks) for f in fractions]
+        rows.append(row)
+    return table(headers, rows, classes=["name", *["num"] * len(fractions)])
+
+
+def _size_header(fraction: float, images: object) -> str:
+    if images is None or pd.isna(images):
+        return f"fraction {fraction:g}"
+    return f"{int(images):,} images"
 
 
 def model_cell(ctx: ReportContext, model: str, blocks: object) -> Markup:

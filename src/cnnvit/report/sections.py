@@ -20,7 +20,7 @@ from cnnvit.report.analysis_sections import analysis_sections
 from cnnvit.report.calibration import calibration_figures, calibration_tables, render_calibration
 from cnnvit.report.context import ReportContext
 from cnnvit.report.header import render_header
-from cnnvit.report.layout import by_model, cached_table, mb, model_cell, params, secs
+from cnnvit.report.layout import cached_table, mb, model_cell, params, secs, size_pivot, size_rows
 from cnnvit.report.learning_fit import METHOD as CURVE_METHOD
 from cnnvit.report.learning_fit import TABLE as CURVE_TABLE
 from cnnvit.report.learning_fit import curve_table
@@ -91,32 +91,18 @@ def render_accuracy(ctx: ReportContext) -> str:
 
 def _accuracy_pivot(ctx: ReportContext) -> Markup:
     """Models as rows, training sizes as columns: mean ± std (seeds) of the test top-1."""
-    acc = cached_table(ctx, "accuracy", accuracy_table)
-    fractions = sorted(set(acc["fraction"]))
-    sizes = acc.groupby("fraction")["num_train_images"].median()
-    headers = ["test top-1", *(_size_header(f, sizes.get(f)) for f in fractions)]
-    rows = []
-    for (model, blocks), group in by_model(ctx, acc):
-        by_fraction = {r.fraction: r for r in group.itertuples()}
-        row: list[object] = [model_cell(ctx, model, blocks)]
-        for f in fractions:
-            r = by_fraction.get(f)
-            text = "—" if r is None else f"{pm(r.test_top1_mean, r.test_top1_std)} (n={r.n})"
-            if r is not None and (model, float(f), _depth(blocks)) in ctx.still_improving:
-                text += " ▲"
-            row.append(text)
-        rows.append(row)
-    return table(headers, rows, classes=["name", *["num"] * len(fractions)])
+
+    def cell(r, model: str, blocks: object) -> str:
+        text = f"{pm(r.test_top1_mean, r.test_top1_std)} (n={r.n})"
+        if (model, float(r.fraction), _depth(blocks)) in ctx.still_improving:
+            text += " ▲"
+        return text
+
+    return size_pivot(ctx, cached_table(ctx, "accuracy", accuracy_table), "test top-1", cell)
 
 
 def _depth(blocks: object) -> object:
     return None if pd.isna(blocks) else int(blocks)
-
-
-def _size_header(fraction: float, images: object) -> str:
-    if images is None or pd.isna(images):
-        return f"fraction {fraction:g}"
-    return f"{int(images):,} images"
 
 
 # --- learning curves ---------------------------------------------------------------------------
@@ -173,21 +159,17 @@ def render_efficiency(ctx: ReportContext) -> str:
         "training time",
         "peak memory",
     ]
-    rows = []
-    for (model, blocks), group in by_model(ctx, eff):
-        for r in group.sort_values("fraction").itertuples():
-            rows.append(
-                [
-                    model_cell(ctx, model, blocks),
-                    count(r.num_train_images),
-                    r.n,
-                    params(r.params_total),
-                    params(r.params_trainable),
-                    secs(r.mean_epoch_seconds),
-                    secs(r.train_seconds),
-                    mb(r.peak_memory_mb),
-                ]
-            )
+    rows = size_rows(
+        ctx,
+        eff,
+        lambda r: [
+            params(r.params_total),
+            params(r.params_trainable),
+            secs(r.mean_epoch_seconds),
+            secs(r.train_seconds),
+            mb(r.peak_memory_mb),
+        ],
+    )
     explain = note(
         "Means over completed seeds. Training time is the whole run (every step, with the "
         "scores of the selection split); peak memory is the training process's peak on its device "

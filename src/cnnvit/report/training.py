@@ -15,7 +15,7 @@ import pandas as pd
 from cnnvit.formatting import count, is_missing, pct
 from cnnvit.markup import Markup, join, note, table, tag
 from cnnvit.report.header import budget_text
-from cnnvit.report.layout import by_model, cached_table, model_cell, secs
+from cnnvit.report.layout import cached_table, model_cell, secs, size_rows
 from cnnvit.report.tables import budget_table, cells_table
 from cnnvit.stats.convergence import RULE as CONVERGENCE_RULE
 
@@ -62,21 +62,17 @@ def render_budget(ctx: ReportContext) -> str:
         "stopped early",
         "still improving?",
     ]
-    rows = []
-    for (model, blocks), group in by_model(ctx, frame):
-        for r in group.sort_values("fraction").itertuples():
-            rows.append(
-                [
-                    model_cell(ctx, model, blocks),
-                    count(r.num_train_images),
-                    r.n,
-                    count(r.steps_planned),
-                    _mean_count(r.steps_completed_mean),
-                    _epochs(r.epochs_completed_mean),
-                    f"{r.stopped_early} of {r.n}",
-                    _improving_text(r.still_improving, r.convergence_unknown, r.n),
-                ]
-            )
+    rows = size_rows(
+        ctx,
+        frame,
+        lambda r: [
+            count(r.steps_planned),
+            _mean_count(r.steps_completed_mean),
+            _epochs(r.epochs_completed_mean),
+            f"{r.stopped_early} of {r.n}",
+            _improving_text(r.still_improving, r.convergence_unknown, r.n),
+        ],
+    )
     parts = [
         tag("p", f"Budget: {budget_text(ctx)}."),
         table(headers, rows, classes=["name", *["num"] * 6, ""]),
