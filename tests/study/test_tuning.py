@@ -84,3 +84,25 @@ def test_the_grid_crosses_rates_and_decays_rate_first():
         {"lr": 1e-2, "weight_decay": 0.0},
         {"lr": 1e-2, "weight_decay": 0.05},
     ]
+
+
+def test_an_optuna_search_proposes_the_same_trials_again_and_skips_them(tmp_path, monkeypatch):
+    out = tmp_path / "study"
+    study = _study(lr=[1e-4, 1e-2], trials=3, seed=0)
+    study = study.model_copy(update={"fractions": [0.5]})
+    study_run.run_study(study, out, command="test", progress=False)
+    record = json.loads((out / "tuning" / "tuning.json").read_text())
+    assert record["method"] == "optuna-tpe" and len(record["trials"]) == 3
+    rates = [t["setting"]["lr"] for t in record["trials"]]
+    assert all(1e-4 <= lr <= 1e-2 for lr in rates)  # inside the range, log-uniform
+    best = max(record["trials"], key=lambda t: t["score"])
+    assert record["chosen"]["resnet_mini"] == best["setting"]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished trial was trained again")
+
+    monkeypatch.setattr(study_run, "train", no_training)
+    monkeypatch.setattr(study_run, "resume", no_training)
+    study_run.run_study(study, out, command="test", progress=False)
+    again = json.loads((out / "tuning" / "tuning.json").read_text())
+    assert [t["setting"]["lr"] for t in again["trials"]] == rates  # replayed, not redrawn
