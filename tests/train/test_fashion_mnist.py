@@ -29,7 +29,9 @@ def test_resnet_mini_learns_fashion_mnist(tmp_path: Path, has_fashion_mnist: boo
         ],
     )
     results = train(cfg)
-    assert results["num_train_images"] == 6000  # a stratified tenth of 60,000
+    # 6,000 images (a tenth of each class) are the selection split; a tenth of the other 54,000
+    assert results["num_selection_images"] == 6000
+    assert results["num_train_images"] == 5400
     assert results["num_test_images"] == 10000  # the official test split
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["classes"][9] == "Ankle boot"
