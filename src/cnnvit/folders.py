@@ -342,12 +342,31 @@ class RunFolder:
         return self.checkpoints / "latest.json"
 
     def latest_checkpoint(self) -> CheckpointFiles | None:
-        """The checkpoint latest.json names, where its weights are there; None otherwise."""
-        pointer = read_json(self.latest_pointer)
-        if pointer is None or "path" not in pointer or "epoch" not in pointer:
-            return None
-        found = CheckpointFiles(self.checkpoints / str(pointer["path"]), int(pointer["epoch"]))
-        return found if found.weights.is_file() else None
+        """The newest checkpoint there is: the one latest.json names, else (a pointer that is
+        damaged or names a missing folder) the newest complete ``epoch-NNNN/``; None where there
+        is none."""
+        candidates = self.checkpoint_candidates()
+        return candidates[0] if candidates else None
+
+    def checkpoint_candidates(self) -> list[CheckpointFiles]:
+        """Checkpoints to resume from, best first: latest.json's, then every ``epoch-NNNN/``
+        with weights and state, newest first. A folder gets its ``epoch-NNNN`` name only once it
+        is complete (it is written under a temporary name), so each of these is whole unless a
+        file in it was damaged afterwards."""
+        found: list[CheckpointFiles] = []
+        pointer = read_json(self.latest_pointer) or {}
+        try:
+            named = CheckpointFiles(self.checkpoints / str(pointer["path"]), int(pointer["epoch"]))
+        except (KeyError, TypeError, ValueError):
+            named = None
+        if named is not None and named.weights.is_file() and named.state.is_file():
+            found.append(named)
+        for folder in sorted(self.checkpoints.glob("epoch-*"), reverse=True):
+            epoch = folder.name.removeprefix("epoch-")
+            files = CheckpointFiles(folder, int(epoch)) if epoch.isdigit() else None
+            if files and files.weights.is_file() and files.state.is_file() and files not in found:
+                found.append(files)
+        return found
 
     def point_to(self, checkpoint: CheckpointFiles) -> None:
         """Make ``checkpoint`` the latest, atomically."""

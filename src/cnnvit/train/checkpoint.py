@@ -16,12 +16,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from pickle import UnpicklingError
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from cnnvit.folders import CheckpointFiles, RunFolder
+from cnnvit.folders import CheckpointFiles, RunFolder, RunFolderError
 
 
 @dataclass
@@ -76,10 +78,34 @@ def latest_checkpoint_dir(run_dir: Path) -> Path | None:
 
 
 def load_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu") -> Checkpoint | None:
-    """The latest complete checkpoint of a run, or None if it has none."""
-    latest = RunFolder(run_dir).latest_checkpoint()
-    if latest is None:
+    """The newest checkpoint of a run that reads back whole, or None if it has none at all.
+
+    A damaged one (a truncated file) is passed over for an older one where there is one; where
+    every one is damaged, :class:`RunFolderError` names them and why, and nothing is deleted."""
+    folder = RunFolder(run_dir)
+    problems = []
+    for candidate in folder.checkpoint_candidates():
+        try:
+            return _read(candidate, map_location)
+        except (
+            SafetensorError,
+            UnpicklingError,
+            RuntimeError,
+            OSError,
+            EOFError,
+            KeyError,
+            ValueError,
+        ) as err:
+            problems.append(f"{candidate.path.name}: {type(err).__name__}: {err}")
+    if not problems:
         return None
+    raise RunFolderError(
+        f"{folder.path}: no checkpoint reads back whole ({'; '.join(problems)}); the files are "
+        "left as they are: restore them, or train the run again into another folder"
+    )
+
+
+def _read(latest: CheckpointFiles, map_location: str | torch.device) -> Checkpoint:
     weights = load_file(latest.weights, device=str(map_location))
     # weights_only: the state holds tensors, numbers and dicts; nothing else may be unpickled.
     state = torch.load(latest.state, map_location=map_location, weights_only=True)
