@@ -55,21 +55,39 @@ def save_checkpoint(
     final = folder.checkpoint(epoch)
     folder.checkpoints.mkdir(parents=True, exist_ok=True)
     tmp = CheckpointFiles(Path(tempfile.mkdtemp(dir=folder.checkpoints, prefix=".tmp-")), epoch)
-    save_file(model_state(model), tmp.weights, metadata={"epoch": str(epoch)})
-    if ema_model is not None:
-        save_file(model_state(ema_model), tmp.ema_weights, metadata={"epoch": str(epoch)})
-    if best_weights is not None:
-        tensors = {k: v.contiguous() for k, v in best_weights.items()}
-        save_file(tensors, tmp.best_weights, metadata={"epoch": str(epoch)})
-    torch.save(state, tmp.state)
+    try:
+        save_file(model_state(model), tmp.weights, metadata={"epoch": str(epoch)})
+        if ema_model is not None:
+            save_file(model_state(ema_model), tmp.ema_weights, metadata={"epoch": str(epoch)})
+        if best_weights is not None:
+            tensors = {k: v.contiguous() for k, v in best_weights.items()}
+            save_file(tensors, tmp.best_weights, metadata={"epoch": str(epoch)})
+        torch.save(state, tmp.state)
+        _sync(tmp.path)  # on disk before its name says it is complete
+    except BaseException:
+        # Disk full, or interrupted: the half-written folder goes; the previous checkpoint and
+        # the pointer to it were never touched.
+        shutil.rmtree(tmp.path, ignore_errors=True)
+        raise
     if final.path.exists():
         shutil.rmtree(final.path)
     os.replace(tmp.path, final.path)
     folder.point_to(final)
+    # Older checkpoints go only once the pointer names the new, complete one.
     for old in folder.checkpoints.iterdir():
         if old.is_dir() and old != final.path:
             shutil.rmtree(old, ignore_errors=True)
     return final.path
+
+
+def _sync(folder: Path) -> None:
+    """fsync every file in ``folder`` and the folder itself."""
+    for path in [*folder.iterdir(), folder]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def latest_checkpoint_dir(run_dir: Path) -> Path | None:
