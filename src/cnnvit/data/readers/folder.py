@@ -28,12 +28,20 @@ only evaluate use that split.
 In all layouts, names starting with "." (``.thumbnails``, ``.DS_Store``) are ignored and never
 classes, and images are recognised by torchvision's ``IMG_EXTENSIONS``, case-insensitively. A
 layout with no images, or a class folder with none, is a :class:`DataError` naming the folder.
+
+Symbolic links inside class folders (``folder:`` and ``imagenet-val:``) are followed, so data
+can be linked in from elsewhere, but each image is read once and under one label: a link is left
+out when it loops back to a folder that holds it, when it leads into another class folder of the
+dataset (of either split), or when its folder or file was already read; the first path that
+reaches a file or folder wins, files that are not links before links. What is left out goes into
+``DatasetSplits.skipped`` (a run's ``skipped.csv``) with its reason, and one warning names it.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import warnings
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -46,6 +54,7 @@ from cnnvit.data.types import DataError, DatasetSplits, FileSource, SkippedFile
 
 IMAGE_EXTENSIONS = tuple(ext.lower() for ext in IMG_EXTENSIONS)
 _CSV_SAMPLE = 50  # rows checked when choosing a CSV's image folder
+_NAMED = 5  # left-out paths named in the warning; all of them go to skipped
 
 
 def is_image_name(name: str) -> bool:
@@ -54,12 +63,121 @@ def is_image_name(name: str) -> bool:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """All image files under ``folder``, recursively, skipping hidden files and folders; sorted."""
-    found = []
-    for here, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]  # never descend into hidden folders
-        found += [Path(here, f) for f in files if is_image_name(f)]
-    return sorted(found)
+    """All image files under ``folder``, recursively, skipping hidden files and folders; sorted.
+    Symbolic links are followed as in a dataset of this one class folder (no loops, no repeats)."""
+    return _Walker([folder]).images(folder)
+
+
+def _inside(path: str, folder: str) -> bool:
+    """True when the real path ``path`` is ``folder`` or lies below it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+class _Walker:
+    """Finds the images of a dataset's class folders, following symbolic links without loops.
+
+    One walker reads all class folders of a dataset (both splits), so it knows every real file
+    and folder already read and every class folder a link must not lead into. What it leaves out
+    is collected in ``skipped``."""
+
+    def __init__(self, class_folders: Iterable[Path]) -> None:
+        self.classes = {os.path.realpath(f): f.name for f in class_folders}  # real path -> name
+        self.folders: dict[str, Path] = {}  # real folder -> the path it was first read as
+        self.files: dict[str, Path] = {}  # real file -> the path it was first read as
+        self.skipped: list[SkippedFile] = []
+
+    def images(self, folder: Path) -> list[Path]:
+        """The images under one class folder, sorted. The whole tree without links is read
+        first, then the links found on the way (and those found behind them), so that a file
+        reached both directly and through a link is kept under its own path."""
+        own = os.path.realpath(folder)
+        self.folders.setdefault(own, folder)
+        found: list[Path] = []
+        to_read: list[tuple[Path, str]] = [(folder, own)]  # (path, real path) of folders
+        links: list[tuple[Path, str]] = []  # (link, real path of the folder holding it)
+        while to_read or links:
+            if to_read:
+                self._read(*to_read.pop(), to_read, links, found)
+            else:
+                self._follow(*links.pop(0), own, to_read, found)
+        return sorted(found)
+
+    def _read(self, folder: Path, real: str, to_read: list, links: list, found: list) -> None:
+        """One folder's entries: sub-folders queued, links put aside, images kept."""
+        try:
+            with os.scandir(folder) as scan:
+                entries = sorted(scan, key=lambda e: e.name)
+        except OSError as err:
+            self.skipped.append(SkippedFile(str(folder), f"unreadable folder: {err.strerror}"))
+            return
+        for entry in entries:
+            path, entry_real = Path(entry.path), os.path.join(real, entry.name)
+            if entry.name.startswith("."):
+                continue  # hidden files and folders are never read
+            if entry.is_symlink():
+                links.append((path, real))
+            elif entry.is_dir():
+                if self._first_folder(path, entry_real):
+                    to_read.append((path, entry_real))
+            elif is_image_name(entry.name):
+                self._add_file(path, entry_real, found)
+
+    def _follow(self, link: Path, here: str, own: str, to_read: list, found: list) -> None:
+        """A link found in the real folder ``here`` of class folder ``own``: followed once,
+        unless it loops, leads into another class folder or reaches what was already read."""
+        target = os.path.realpath(link)
+        if os.path.isdir(target):
+            if _inside(here, target):
+                why = f"a loop: it links to {target}, a folder that holds it"
+                self.skipped.append(SkippedFile(str(link), why))
+            elif not self._into_other_class(link, target, own) and self._first_folder(link, target):
+                to_read.append((link, target))
+        elif is_image_name(link.name):
+            if not os.path.exists(target):
+                self.skipped.append(SkippedFile(str(link), f"a broken link (to {target})"))
+            elif not self._into_other_class(link, target, own):
+                self._add_file(link, target, found)
+
+    def _into_other_class(self, link: Path, target: str, own: str) -> bool:
+        """True (and the link skipped) when ``target`` lies in, or holds, a class folder other
+        than ``own``: its images would get a second label, or cross between the splits."""
+        if _inside(target, own):
+            return False
+        for real, name in self.classes.items():
+            if real != own and (_inside(target, real) or _inside(real, target)):
+                why = f"it leads into {real}, the class folder of {name!r}"
+                self.skipped.append(SkippedFile(str(link), why))
+                return True
+        return False
+
+    def _first_folder(self, path: Path, real: str) -> bool:
+        """True the first time the real folder ``real`` is reached; later paths are skipped."""
+        first = self.folders.setdefault(real, path)
+        if first is not path:
+            self.skipped.append(SkippedFile(str(path), f"the same folder as {first}"))
+        return first is path
+
+    def _add_file(self, path: Path, real: str, found: list[Path]) -> None:
+        """Keep an image the first time its real file is reached; later paths are skipped."""
+        first = self.files.setdefault(real, path)
+        if first is path:
+            found.append(path)
+        else:
+            self.skipped.append(SkippedFile(str(path), f"the same file as {first}"))
+
+
+def _warn_skipped(root: Path, skipped: list[SkippedFile]) -> None:
+    """One warning naming the first few paths left out while reading ``root``, and why."""
+    if not skipped:
+        return
+    named = "; ".join(f"{s.path} ({s.reason})" for s in skipped[:_NAMED])
+    more = f"; and {len(skipped) - _NAMED} more" if len(skipped) > _NAMED else ""
+    count = f"{len(skipped)} path{'s' if len(skipped) > 1 else ''}"
+    warnings.warn(
+        f"{root}: left out {count} so that every image is read once, under one label "
+        f"(a run lists them in skipped.csv): {named}{more}",
+        stacklevel=3,
+    )
 
 
 def _subfolders(folder: Path) -> list[str]:
@@ -67,16 +185,19 @@ def _subfolders(folder: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
 
 
-def _scan(folder: Path, labelled: Iterable[tuple[str, int]]) -> FileSource:
+def _scan(folder: Path, labelled: Iterable[tuple[str, int]], walker: _Walker) -> FileSource:
     """Images of each (class folder name, label); a class folder without images is an error."""
     paths: list[Path] = []
     labels: list[int] = []
     for name, label in labelled:
-        files = list_images(folder / name)
+        left_out = len(walker.skipped)
+        files = walker.images(folder / name)
         if not files:
+            left_out = len(walker.skipped) - left_out
+            why = f"; {left_out} linked path(s) in it were left out" if left_out else ""
             raise DataError(
                 f"class folder {folder / name} has no images "
-                f"(looked for {', '.join(IMAGE_EXTENSIONS)}, hidden files ignored)"
+                f"(looked for {', '.join(IMAGE_EXTENSIONS)}, hidden files ignored{why})"
             )
         paths += files
         labels += [label] * len(files)
@@ -114,15 +235,20 @@ def image_folder(path: Path | None) -> DatasetSplits:
     split = _split_folders(root)
     train_dir, val_dir = split if split else (root, None)
     classes = _classes_of(train_dir)
-    train = _scan(train_dir, ((c, i) for i, c in enumerate(classes)))
+    val_classes = _subfolders(val_dir) if val_dir is not None else []
+    # One walker for both splits: a link may not carry an image across classes or splits.
+    walker = _Walker([train_dir / c for c in classes] + [val_dir / c for c in val_classes])
+    train = _scan(train_dir, ((c, i) for i, c in enumerate(classes)), walker)
     val = None
     if val_dir is not None:
         index = {c: i for i, c in enumerate(classes)}
-        extra = [c for c in _subfolders(val_dir) if c not in index]
+        extra = [c for c in val_classes if c not in index]
         if extra:
             raise DataError(f"{val_dir} has classes that {train_dir} lacks: {', '.join(extra)}")
-        val = _scan(val_dir, ((c, index[c]) for c in _subfolders(val_dir)))
-    return DatasetSplits(root.resolve().name or "folder", classes, train, val)
+        val = _scan(val_dir, ((c, index[c]) for c in val_classes), walker)
+    _warn_skipped(root, walker.skipped)
+    name = root.resolve().name or "folder"
+    return DatasetSplits(name, classes, train, val, skipped=walker.skipped)
 
 
 # ---------------------------------------------------------------------------- csv layout
@@ -240,9 +366,12 @@ def imagenet_val(path: Path | None) -> DatasetSplits:
             f"imagenet-val: {folder} must hold only ImageNet-1k wnid sub-folders such as "
             f"n01440764 ({found}); sort a flat validation folder into them first (valprep.sh)"
         )
-    source = _scan(folder, ((w, index[w]) for w in present))
+    walker = _Walker([folder / w for w in present])
+    source = _scan(folder, ((w, index[w]) for w in present), walker)
+    _warn_skipped(folder, walker.skipped)
     descriptions = [info.index_to_description(i) for i in range(len(wnids))]
-    return DatasetSplits("imagenet-val", _imagenet_names(descriptions, wnids), source, None)
+    names = _imagenet_names(descriptions, wnids)
+    return DatasetSplits("imagenet-val", names, source, None, skipped=walker.skipped)
 
 
 def _imagenet_names(descriptions: list[str], wnids: list[str]) -> list[str]:
