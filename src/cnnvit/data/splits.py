@@ -76,6 +76,10 @@ def select_classes(splits: DatasetSplits, names: list[str]) -> DatasetSplits:
         )
     if len(set(names)) != len(names):
         raise DataError(f"data.classes lists a class twice: {names}")
+    if len(names) < 2:
+        raise DataError(
+            f"data.classes names {len(names)} class ({names}); a classifier needs at least 2"
+        )
     old_to_new = np.full(len(splits.classes), -1, dtype=np.int64)
     for new, name in enumerate(names):
         old_to_new[splits.classes.index(name)] = new

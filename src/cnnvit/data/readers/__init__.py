@@ -9,6 +9,8 @@ Names (see each module for the layouts it accepts):
   ``imagenet-val`` (wnid sub-folders, standard ImageNet-1k indices),
 - ``synthetic`` (generated; ``synthetic:num_classes=5,image_size=64`` sets its arguments).
 
+A dataset with fewer than two classes is refused (a :class:`DataError`).
+
 Names are case-insensitive and ``_`` equals ``-``; ``fashionmnist``, ``cifar-10`` and
 ``cifar-100`` are accepted too.
 """
@@ -45,7 +47,20 @@ def read_dataset(spec: str, *, root: Path | None = None, download: bool = True) 
     name, path = check_spec(spec)
     if name == "synthetic":
         return synthetic.synthetic(**_synthetic_options(spec.partition(":")[2]))
-    return READERS[name](path, root, download)
+    splits = READERS[name](path, root, download)
+    _require_two_classes(splits, spec)
+    return splits
+
+
+def _require_two_classes(splits: DatasetSplits, spec: str) -> None:
+    """A classifier needs two classes: with one, training scores 100 % and means nothing."""
+    if splits.num_classes >= 2:
+        return
+    found = f"1 class ({splits.classes[0]!r})" if splits.classes else "no classes"
+    raise DataError(
+        f"dataset {splits.name} (--data {spec}) has {found}; a classifier needs at least 2: "
+        "add images of another class (for folder:, one sub-folder per class)"
+    )
 
 
 def check_spec(spec: str) -> tuple[str, Path | None]:
