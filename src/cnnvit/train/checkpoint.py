@@ -6,7 +6,8 @@ The layout is the run folder's (:class:`cnnvit.folders.RunFolder`: ``checkpoints
 reports), and ``state.pt``: optimiser, scheduler and RNG states, tensors and plain containers
 only, so it loads with ``weights_only``). A checkpoint folder is written under a temporary name
 and renamed into place, then the pointer is replaced atomically; a crash at any moment leaves
-the previous pointer and its folder intact.
+the previous pointer and its folder intact. The weights files carry the preprocessing and class
+names of the run (:mod:`cnnvit.models.weights`), so that they can be used without the run's config.
 """
 
 from __future__ import annotations
@@ -14,16 +15,21 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from pickle import UnpicklingError
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from cnnvit.folders import CheckpointFiles, RunFolder, RunFolderError
+from cnnvit.models.weights import preprocessing_metadata
+
+if TYPE_CHECKING:
+    from cnnvit.data.pipeline import PreparedData
 
 
 @dataclass
@@ -41,6 +47,19 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
 
 
+def weights_metadata(model_name: str, data: PreparedData) -> dict[str, str]:
+    """The metadata a run's weights files carry: the model, the preprocessing of the run's
+    evaluation (size, channels, mean/std) and its class names."""
+    return preprocessing_metadata(
+        image_size=data.image_size,
+        channels=data.channels,
+        mean=data.eval_transform.mean,
+        std=data.eval_transform.std,
+        class_names=[str(c) for c in data.classes],
+        model=model_name,
+    )
+
+
 def save_checkpoint(
     run_dir: Path,
     epoch: int,
@@ -48,20 +67,24 @@ def save_checkpoint(
     state: dict[str, Any],
     ema_model: torch.nn.Module | None = None,
     best_weights: dict[str, torch.Tensor] | None = None,
+    *,
+    metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Write epoch ``epoch`` atomically and drop older checkpoints; ``ema_model``: the EMA copy;
-    ``best_weights``: the weights early stopping will restore."""
+    ``best_weights``: the weights early stopping will restore; ``metadata``: written into each
+    weights file (:func:`weights_metadata`), beside its ``epoch``."""
     folder = RunFolder(run_dir)
     final = folder.checkpoint(epoch)
     folder.checkpoints.mkdir(parents=True, exist_ok=True)
     tmp = CheckpointFiles(Path(tempfile.mkdtemp(dir=folder.checkpoints, prefix=".tmp-")), epoch)
+    meta = {**(metadata or {}), "epoch": str(epoch)}
     try:
-        save_file(model_state(model), tmp.weights, metadata={"epoch": str(epoch)})
+        save_file(model_state(model), tmp.weights, metadata=meta)
         if ema_model is not None:
-            save_file(model_state(ema_model), tmp.ema_weights, metadata={"epoch": str(epoch)})
+            save_file(model_state(ema_model), tmp.ema_weights, metadata=meta)
         if best_weights is not None:
             tensors = {k: v.contiguous() for k, v in best_weights.items()}
-            save_file(tensors, tmp.best_weights, metadata={"epoch": str(epoch)})
+            save_file(tensors, tmp.best_weights, metadata=meta)
         torch.save(state, tmp.state)
         _sync(tmp.path)  # on disk before its name says it is complete
     except BaseException:

@@ -31,7 +31,7 @@ from cnnvit.runtime import PeakMemory, Runtime, capture_environment, num_threads
 from cnnvit.stats.convergence import still_improving
 from cnnvit.train.assemble import assemble
 from cnnvit.train.budget import BestWeights, Plan, best_in, evaluations_since_best, plan_budget
-from cnnvit.train.checkpoint import load_checkpoint, save_checkpoint
+from cnnvit.train.checkpoint import load_checkpoint, save_checkpoint, weights_metadata
 from cnnvit.train.loop import (
     DivergedError,
     EpochStats,
@@ -296,7 +296,9 @@ def _patience_spent(s: Session) -> bool:
 def _save(s: Session, epoch: int) -> None:
     ema_model = s.ema.module if s.ema is not None else None
     best = s.best.weights if s.plan.kind == "early_stopping" else None
-    save_checkpoint(s.folder.path, epoch, s.model, _training_state(s, epoch), ema_model, best)
+    meta = weights_metadata(s.cfg.model.name, s.data)  # preprocessing + classes, in the files
+    state = _training_state(s, epoch)
+    save_checkpoint(s.folder.path, epoch, s.model, state, ema_model, best, metadata=meta)
 
 
 def _training_state(s: Session, epoch: int) -> dict:
