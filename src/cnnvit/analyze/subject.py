@@ -2,8 +2,9 @@
 channels and normalisation, its class names and family.
 
 From a run folder (:func:`subject_from_run`: the run's config, latest checkpoint, EMA weights if
-it kept them) or from a model name with weights (:func:`subject_from_name`: timm's pretrained
-config gives size and normalisation, as ``validate.py``).
+it kept them) or from a model name with weights (:func:`subject_from_name`: the preprocessing and
+class names a cnnvit weights file records, :mod:`cnnvit.models.weights`; for other weights timm's
+pretrained config gives size and normalisation, as ``validate.py``).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from cnnvit.config import read_run_config
 from cnnvit.data.augment import BatchTransform
 from cnnvit.data.pipeline import normalization, rebuild_splits
 from cnnvit.folders import RunFolder
-from cnnvit.models import create_model, model_family
+from cnnvit.models import ModelError, create_model, model_family
 from cnnvit.models.build import build_model
+from cnnvit.models.weights import check_class_names, read_preprocessing
 from cnnvit.runtime import resolve_device
 from cnnvit.train.checkpoint import evaluated_weights, load_checkpoint
 
@@ -45,6 +47,7 @@ class Subject:
     std: tuple[float, ...]
     device: torch.device
     run_dir: Path | None = None
+    preprocessing_from: str = ""  # where size, channels and mean/std came from
 
     @property
     def transform(self) -> BatchTransform:
@@ -100,38 +103,67 @@ def subject_from_run(
         std=tuple(std),
         device=dev,
         run_dir=folder.path,
+        preprocessing_from=f"the run's config ({folder.config})",
     )
 
 
 def subject_from_name(
     name: str,
     *,
-    classes: list[str],
+    classes: list[str] | None,
     weights: str | Path | None = None,
     pretrained: bool = False,
     image_size: int | None = None,
-    channels: int = 3,
+    channels: int | None = None,
     device: str | torch.device = "cpu",
     label: str | None = None,
     **model_kwargs: object,
 ) -> Subject:
     """A timm model or built-in with ``weights`` (a file or a Hugging Face ViT folder), the
-    published weights (``pretrained``), or neither (random: only useful in tests). Size and
-    normalisation come from timm's data config for the model, as ``validate.py``;
-    ``model_kwargs`` go to the constructor (``reg_tokens=4``)."""
+    published weights (``pretrained``), or neither (random: only useful in tests);
+    ``model_kwargs`` go to the constructor (``reg_tokens=4``).
+
+    A weights file that cnnvit wrote gives the size, channels, mean/std and class names it was
+    trained with; ``image_size`` overrides its size, ``classes`` must be its classes in its
+    order (None: take them from the file), ``channels`` must be its channels. For other weights
+    size and normalisation come from timm's data config for the model, as ``validate.py``, and
+    ``classes`` are needed.
+
+    Raises:
+        UserError: ``classes`` or ``channels`` differ from what the weights file records, or
+            no classes are given for weights that record none.
+    """
+    prep = read_preprocessing(weights) if weights is not None else None
+    if prep is not None:
+        if channels is not None and channels != prep.channels:
+            raise ModelError(f"{weights} takes {prep.channels}-channel input, not {channels}")
+        channels = prep.channels
+        if classes is None and prep.class_names is not None:
+            classes = list(prep.class_names)
+        check_class_names(prep, classes or [], source=str(weights), data="the data")
+    if classes is None:
+        raise ModelError(f"{name}: give its classes (its weights record none)")
+    channels = channels or 3
+    size = image_size or (prep.image_size if prep is not None else None)
     model = create_model(
         name,
         num_classes=len(classes),
         in_chans=channels,
-        img_size=image_size,
+        img_size=size,
         pretrained=pretrained and weights is None,
         weights=weights,
         **model_kwargs,
     )
-    cfg = timm.data.resolve_data_config({}, model=model)
-    mean, std = tuple(float(m) for m in cfg["mean"]), tuple(float(s) for s in cfg["std"])
-    if channels == 1 and len(mean) == 3:
-        mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+    if prep is not None:
+        mean, std, origin = prep.mean, prep.std, str(weights)
+    else:
+        cfg = timm.data.resolve_data_config({}, model=model)
+        mean, std = tuple(float(m) for m in cfg["mean"]), tuple(float(s) for s in cfg["std"])
+        if channels == 1 and len(mean) == 3:
+            mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+        size, origin = size or int(cfg["input_size"][-1]), "timm's data config"
+    if image_size:
+        origin += f" (size: {image_size}, as given)"
     dev = resolve_device(device)
     model.eval().to(dev)
     return Subject(
@@ -139,9 +171,10 @@ def subject_from_name(
         model=model,
         family=model_family(model),
         classes=list(classes),
-        image_size=image_size or int(cfg["input_size"][-1]),
+        image_size=size,
         channels=channels,
         mean=mean,
         std=std,
         device=dev,
+        preprocessing_from=origin,
     )

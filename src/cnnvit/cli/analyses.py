@@ -157,6 +157,7 @@ def _check_subjects(args: argparse.Namespace) -> None:
 def _subjects(args: argparse.Namespace) -> list:
     """Subjects for the run folders and --model names, with unique labels."""
     from cnnvit.analyze.subject import subject_from_name, subject_from_run
+    from cnnvit.models.weights import Preprocessing
 
     device = getattr(args, "device", "auto")
     subjects = [subject_from_run(run, device=device) for run in args.runs]
@@ -165,17 +166,31 @@ def _subjects(args: argparse.Namespace) -> list:
             subject.label = f"{subject.label} ({run.resolve().name})"
     classes = _model_classes(args) if args.models else None
     for i, name in enumerate(args.models):
-        subjects.append(
-            subject_from_name(
-                name,
-                classes=classes,
-                weights=args.weights[i] if args.weights else None,
-                pretrained=args.pretrained,
-                image_size=args.image_size,
-                device=device,
-            )
+        weights = args.weights[i] if args.weights else None
+        subject = subject_from_name(
+            name,
+            classes=classes if args.data else _recorded_classes(weights, classes),
+            weights=weights,
+            pretrained=args.pretrained,
+            image_size=args.image_size,
+            device=device,
         )
+        used = Preprocessing(subject.image_size, subject.channels, subject.mean, subject.std)
+        console.print(
+            f"{subject.label} preprocessing: {used.describe()} (from {subject.preprocessing_from})",
+            highlight=False,
+        )
+        subjects.append(subject)
     return subjects
+
+
+def _recorded_classes(weights: Path | None, classes: list[str] | None) -> list[str] | None:
+    """Without --data: None (the classes the weights file records) where it records them,
+    else ``classes`` (--num-classes')."""
+    from cnnvit.models.weights import read_preprocessing
+
+    prep = read_preprocessing(weights) if weights is not None else None
+    return None if prep is not None and prep.class_names is not None else classes
 
 
 def _model_classes(args: argparse.Namespace) -> list[str]:
@@ -222,7 +237,7 @@ def write_classify_cams(
             family=model_family(m.model),
             classes=class_names[m.label],
             image_size=m.preprocess.size,
-            channels=3,
+            channels=m.preprocess.channels,
             mean=m.preprocess.mean,
             std=m.preprocess.std,
             device=next(m.model.parameters()).device,

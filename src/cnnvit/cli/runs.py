@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from cnnvit.analyze.registry import get_analysis
 from cnnvit.cli.options import ConfigFlags, add_config_flags, nested
@@ -152,8 +153,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def cmd_evaluate(args: argparse.Namespace, flags: ConfigFlags, inference: ConfigFlags) -> int:
     if args.pretrained or len(args.models) > 1:
         return _evaluate_models(args, inference)
-    from cnnvit.evaluate.run import evaluate_config, evaluate_run
-    from cnnvit.models import load_weights_file
+    from cnnvit.evaluate.run import evaluate_run, evaluate_weights_file
     from cnnvit.train.run import default_run_dir
 
     if len(args.weights) > 1:
@@ -167,7 +167,9 @@ def cmd_evaluate(args: argparse.Namespace, flags: ConfigFlags, inference: Config
             )
         cfg = _run_config(args, flags, **{"model.name": args.models[0]})
         out = cfg.output.dir or default_run_dir(cfg)
-        metrics = evaluate_config(cfg, load_weights_file(args.weights[0]), out)
+        evaluation = evaluate_weights_file(cfg, args.weights[0], out)
+        metrics = evaluation.metrics
+        print(evaluation.preprocessing, file=sys.stderr)
     summary = {k: metrics[k] for k in ("num_images", "top1", "top5")}
     summary["macro_f1"] = metrics["macro"]["f1"]
     print(json.dumps(summary, indent=2))
@@ -184,6 +186,7 @@ def _evaluate_models(args: argparse.Namespace, inference: ConfigFlags) -> int:
     from cnnvit.data.readers import read_dataset
     from cnnvit.evaluate.inference import EvalModel, evaluate_models, evaluation_split
     from cnnvit.models import create_model
+    from cnnvit.models.weights import check_class_names
 
     if not args.models or not getattr(args, "data__spec", None):
         raise ConfigError("give --model (one or more) and --data")
@@ -197,10 +200,17 @@ def _evaluate_models(args: argparse.Namespace, inference: ConfigFlags) -> int:
     models = []
     for i, name in enumerate(args.models):
         weights = args.weights[i] if args.weights else None
+        prep = _recorded_preprocessing(weights)
+        check_class_names(prep, splits.classes, source=str(weights), data=args.data__spec)
         model = create_model(
-            name, num_classes=len(splits.classes), pretrained=weights is None, weights=weights
+            name,
+            num_classes=len(splits.classes),
+            pretrained=weights is None,
+            weights=weights,
+            **_input_of(prep),
         )
-        models.append(EvalModel.of(name, model))
+        models.append(EvalModel.of(name, model, prep, str(weights)))
+    _print_preprocessing(models)
     out = Path(getattr(args, "output__dir", None) or Path("runs") / "evaluate")
     summary = evaluate_models(
         models,
@@ -233,6 +243,25 @@ def _print_evaluation(summary: dict, out: Path) -> None:
     )
 
 
+def _recorded_preprocessing(weights: Path | None) -> Any:
+    """The preprocessing a cnnvit weights file records (None: published or foreign weights)."""
+    from cnnvit.models.weights import read_preprocessing
+
+    return read_preprocessing(weights) if weights is not None else None
+
+
+def _input_of(prep: Any) -> dict[str, int]:
+    """Model arguments for the input the weights record (channels, and size for ViTs)."""
+    return {} if prep is None else {"in_chans": prep.channels, "img_size": prep.image_size}
+
+
+def _print_preprocessing(models: list) -> None:
+    for m in models:
+        print(
+            f"{m.label} preprocessing: {m.preprocess.describe()} (from {m.origin})", file=sys.stderr
+        )
+
+
 def _check_weights(args: argparse.Namespace) -> None:
     if args.weights and len(args.weights) != len(args.models):
         raise ConfigError(
@@ -255,7 +284,9 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
         help="a weights file (or Hugging Face ViT folder) per --model; default: published weights",
     )
     p.add_argument(
-        "--num-classes", type=int, default=1000, help="classes of the weights (default 1000)"
+        "--num-classes",
+        type=int,
+        help="classes of the weights (default: those cnnvit weights record, else 1000)",
     )
     add_config_flags(p, RunConfig, {"--device": "train.device"})
     p.add_argument("--json", type=Path, help="also write the predictions as JSON")
@@ -273,22 +304,11 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from cnnvit.cli.analyses import write_classify_cams
-    from cnnvit.evaluate.classify import class_names_for, classify_images
-    from cnnvit.evaluate.inference import EvalModel
-    from cnnvit.models import create_model
-    from cnnvit.models.hf_vit import hf_vit_class_names
+    from cnnvit.evaluate.classify import classify_images
 
     _check_weights(args)
-    models, names = [], {}
-    for i, name in enumerate(args.models):
-        weights = args.weights[i] if args.weights else None
-        folder_names = hf_vit_class_names(weights) if weights and weights.is_dir() else None
-        num_classes = len(folder_names) if folder_names is not None else args.num_classes
-        model = create_model(
-            name, num_classes=num_classes, pretrained=weights is None, weights=weights
-        )
-        models.append(EvalModel.of(name, model))
-        names[name] = class_names_for(model.num_classes, folder_names)
+    models, names = _classify_models(args)
+    _print_preprocessing(models)
     for image in args.images:
         if not image.is_file():
             raise FileNotFoundError(f"image not found: {image}")
@@ -311,6 +331,38 @@ def cmd_classify(args: argparse.Namespace) -> int:
         method = getattr(args, "method", "gradcam")
         console.print(f"wrote {write_classify_cams(args.images, models, names, args.cam, method)}")
     return 0
+
+
+def _classify_models(args: argparse.Namespace) -> tuple[list, dict[str, list[str]]]:
+    """The models of ``classify`` with their preprocessing, and each one's class names: those
+    its cnnvit weights or Hugging Face folder record, else ``--num-classes`` (ImageNet's)."""
+    from cnnvit.evaluate.classify import class_names_for
+    from cnnvit.evaluate.inference import EvalModel
+    from cnnvit.models import create_model
+    from cnnvit.models.hf_vit import hf_vit_class_names
+
+    models, names = [], {}
+    for i, name in enumerate(args.models):
+        weights = args.weights[i] if args.weights else None
+        prep = _recorded_preprocessing(weights)
+        given = hf_vit_class_names(weights) if weights and weights.is_dir() else None
+        if prep is not None and prep.class_names is not None:
+            given = list(prep.class_names)
+        if given is not None and args.num_classes not in (None, len(given)):
+            raise ConfigError(
+                f"--num-classes {args.num_classes}, but {weights} has {len(given)} classes"
+            )
+        num_classes = len(given) if given is not None else (args.num_classes or 1000)
+        model = create_model(
+            name,
+            num_classes=num_classes,
+            pretrained=weights is None,
+            weights=weights,
+            **_input_of(prep),
+        )
+        models.append(EvalModel.of(name, model, prep, str(weights)))
+        names[name] = class_names_for(model.num_classes, given)
+    return models, names
 
 
 # --- profile ------------------------------------------------------------------------------------

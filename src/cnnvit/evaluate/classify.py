@@ -48,7 +48,8 @@ def classify_images(
     warmup: int = 2,
     repeats: int = 5,
 ) -> list[Prediction]:
-    """Each image through each model (its own timm eval preprocessing): top-5 and forward time.
+    """Each image through each model (its own preprocessing: what its cnnvit weights record,
+    else timm's eval transform): top-5 and forward time.
 
     ``class_names`` maps a model's label to its class names. Forward times are per image at
     batch 1: ``warmup`` untimed passes, then the median of ``repeats`` passes, the device
@@ -59,10 +60,8 @@ def classify_images(
     out = []
     for m in models:
         m.model.eval().to(dev)
-        mean = torch.tensor(m.preprocess.mean, device=dev).view(1, 3, 1, 1)
-        std = torch.tensor(m.preprocess.std, device=dev).view(1, 3, 1, 1)
         for name, image in images:
-            x = m.preprocess.crop(image)[None].to(dev).float().div_(255).sub_(mean).div_(std)
+            x = m.preprocess.normalize(m.preprocess.crop(image)[None].to(dev).float().div_(255))
             times = _forward_times(m.model, x, dev, warmup, repeats)
             with torch.inference_mode():
                 probs = torch.softmax(m.model(x).float(), dim=1)[0].cpu()  # (C,)

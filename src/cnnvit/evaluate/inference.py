@@ -9,7 +9,9 @@ with no warm-up and no synchronisation. Here:
   of ``size`` (timm's eval transform, read from each model's pretrained config with
   ``timm.data.resolve_data_config``, as timm's ``validate.py`` does). Pixels stay uint8 until
   they reach the device, where ``/255``, mean and std are applied in float32, in the same order
-  as ``ToTensor`` + ``Normalize``.
+  as ``ToTensor`` + ``Normalize``. Weights that cnnvit wrote carry their own preprocessing
+  (:mod:`cnnvit.models.weights`), which replaces timm's: shorter side to their input size,
+  center crop, their channels and mean/std, as their run fed them.
 * Batches move to the device with ``non_blocking`` (pinned memory on CUDA) and run under bf16
   autocast with channels_last on a CUDA GPU.
 * Stage times (decode and crop in the workers; transfer + normalise, forward and postprocess on
@@ -43,6 +45,7 @@ from cnnvit.config import InferenceConfig
 from cnnvit.data.decode import ImageDecodeError, decode_rgb
 from cnnvit.data.types import DataError, FileSource, SkippedFile, Source
 from cnnvit.metrics import write_evaluation
+from cnnvit.models.weights import Preprocessing
 from cnnvit.runtime import Clock, Runtime, device_name, resolve_runtime
 from cnnvit.ui import progress_bar
 
@@ -65,6 +68,10 @@ _INTERPOLATION = {
 }
 
 
+# ITU-R BT.601 luma, as cnnvit's training pipeline turns RGB into one channel
+_LUMA = (0.299, 0.587, 0.114)
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """One model's eval preprocessing: resize shorter side, center crop, normalise."""
@@ -72,8 +79,9 @@ class Preprocess:
     size: int  # the square crop the model sees
     resize: int  # shorter side before the crop: floor(size / crop_pct)
     interpolation: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]  # one per channel
+    std: tuple[float, ...]
+    channels: int = 3  # 1: the RGB crop is turned into luma on the device
 
     @classmethod
     def from_model(cls, model: nn.Module) -> Preprocess:
@@ -94,6 +102,36 @@ class Preprocess:
             std=tuple(float(s) for s in cfg["std"]),
         )
 
+    @classmethod
+    def from_weights(cls, prep: Preprocessing) -> Preprocess:
+        """The preprocessing a cnnvit weights file records: shorter side to its input size
+        (bilinear, antialiased), center crop, its channels and mean/std (its run's own)."""
+        return cls(
+            size=prep.image_size,
+            resize=prep.image_size,
+            interpolation="bilinear",
+            mean=prep.mean,
+            std=prep.std,
+            channels=prep.channels,
+        )
+
+    def describe(self) -> str:
+        mean = ", ".join(f"{m:.3g}" for m in self.mean)
+        std = ", ".join(f"{s:.3g}" for s in self.std)
+        return (
+            f"{self.size} px (shorter side {self.resize}, {self.interpolation}, center crop), "
+            f"{self.channels} channels, mean ({mean}), std ({std})"
+        )
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Crops (B, 3, S, S) as float in [0, 1] -> the model's input (B, channels, S, S),
+        normalised (in place where the channels stay)."""
+        if self.channels == 1:
+            x = (x * torch.tensor(_LUMA, device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return x.sub_(mean).div_(std)
+
     def crop(self, image: Image.Image) -> torch.Tensor:
         """RGB PIL image -> (3, size, size) uint8, resized with PIL as timm's transform does."""
         mode = _INTERPOLATION[self.interpolation]
@@ -103,15 +141,23 @@ class Preprocess:
 
 @dataclass
 class EvalModel:
-    """A model to evaluate, its name in the outputs, and its preprocessing."""
+    """A model to evaluate, its name in the outputs, its preprocessing and where that came
+    from."""
 
     label: str
     model: nn.Module
     preprocess: Preprocess
+    origin: str = "timm's data config"
 
     @classmethod
-    def of(cls, label: str, model: nn.Module) -> EvalModel:
-        return cls(label, model, Preprocess.from_model(model))
+    def of(
+        cls, label: str, model: nn.Module, weights: Preprocessing | None = None, source: str = ""
+    ) -> EvalModel:
+        """timm's eval preprocessing for ``model``, or the one its weights file ``source``
+        records (``weights``) where it records one."""
+        if weights is None:
+            return cls(label, model, Preprocess.from_model(model))
+        return cls(label, model, Preprocess.from_weights(weights), source or "its weights")
 
 
 # --- timing ------------------------------------------------------------------------------------
@@ -345,10 +391,7 @@ def _run_model(
     """(B, 3, S, S) uint8 crops -> (B, C) float32 probabilities on the CPU, timed per stage."""
     p, device = m.preprocess, runtime.device
     with timer.stage(f"{m.label}/preprocess"):
-        x = crops.to(device, non_blocking=True).float().div_(255)
-        mean = torch.tensor(p.mean, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(p.std, device=device).view(1, 3, 1, 1)
-        x = x.sub_(mean).div_(std)
+        x = p.normalize(crops.to(device, non_blocking=True).float().div_(255))
         if runtime.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
     with timer.stage(f"{m.label}/forward"), runtime.autocast_context():
@@ -381,7 +424,7 @@ def _write_model(
         top5=float(metrics["top5"]),
         num_images=n,
         ms_per_image=stages,
-        preprocess=asdict(m.preprocess),
+        preprocess={**asdict(m.preprocess), "from": m.origin},
     )
 
 
