@@ -18,11 +18,12 @@ without importing torch::
       predictions.parquet  one row per test image
       profile.json         the efficiency profile (studies)
       traceback.txt        why a study cell failed
+      .cnnvit.lock         while a process writes the folder: its PID and host
 
     STUDY FOLDER (``cnnvit compare``)
-      study.yaml, study.json, runs/<cell>/, tuning/<trial>/ + tuning.json (the recipe search),
-      analysis/<name>/, agreement/, results.csv, results.parquet, summary.csv, tables/,
-      figures/, report.html
+      study.yaml, study.json, .cnnvit.lock (while ``compare`` runs), runs/<cell>/,
+      tuning/<trial>/ + tuning.json (the recipe search), analysis/<name>/, agreement/,
+      results.csv, results.parquet, summary.csv, tables/, figures/, report.html
 
     ANALYSIS FOLDER (``analysis/<name>/`` of a study, or what an analysis command writes)
       <name>.json          every number and the settings; PNG figures and CSV tables beside it
@@ -68,6 +69,8 @@ Status = Literal["running", "completed", "diverged", "failed"]
 # Final for a deterministic recipe: a re-run of the study skips these cells.
 FINAL: tuple[Status, ...] = ("completed", "diverged")
 EvaluatedWeights = Literal["model", "ema"]
+# In a run or study folder while a process writes it: its PID and host (:mod:`cnnvit.locks`).
+LOCK_NAME = ".cnnvit.lock"
 
 
 class RunFolderError(UserError, FileNotFoundError):
@@ -146,11 +149,15 @@ def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)  # disk full: no half file left behind
+        raise
 
 
 # --- run folders ----------------------------------------------------------------------------
@@ -236,6 +243,11 @@ class RunFolder:
         return self.path / "traceback.txt"
 
     @property
+    def lock(self) -> Path:
+        """The marker of the one process writing the folder (:mod:`cnnvit.locks`)."""
+        return self.path / LOCK_NAME
+
+    @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 
@@ -318,8 +330,12 @@ class RunFolder:
         write_json(self.metrics, metrics)
         self.path.mkdir(parents=True, exist_ok=True)
         tmp = self.path / f".{self.predictions.name}.tmp"
-        predictions.to_parquet(tmp, index=False)
-        tmp.replace(self.predictions)
+        try:
+            predictions.to_parquet(tmp, index=False)
+            tmp.replace(self.predictions)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def read_predictions(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
         # pandas is imported here, not at the top: the command line and the analysis registry
@@ -471,6 +487,11 @@ class StudyFolder:
     @property
     def runs(self) -> Path:
         return self.path / "runs"
+
+    @property
+    def lock(self) -> Path:
+        """The marker of the one process writing the folder (:mod:`cnnvit.locks`)."""
+        return self.path / LOCK_NAME
 
     @property
     def report(self) -> Path:

@@ -61,8 +61,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
             out = args.out or Path("runs") / study.name
         else:  # one folder per study, side by side
             out = (args.out or Path("runs") / args.study.stem) / study.name
-        outcomes = run_study(study, out, command=args.command_line, progress=not args.no_progress)
-        write_report(out)
+        outcomes = run_study(
+            study, out, command=args.command_line, progress=not args.no_progress, then=write_report
+        )
         print_summary(out, console)  # ends with the report's path
         failed += [f"{study.name}/{o.cell.id}" for o in outcomes if o.status == "failed"]
     if failed:

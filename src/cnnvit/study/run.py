@@ -15,11 +15,13 @@ import json
 import shutil
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from cnnvit.config import ProfileConfig
 from cnnvit.folders import FINAL, RunFolder, RunFolderError, StudyFolder, write_text
+from cnnvit.locks import writing
 from cnnvit.profile.profiler import profile_run
 from cnnvit.study.analysis import run_analyses
 from cnnvit.study.config import Cell, StudyConfig, StudyProfile, cells
@@ -37,10 +39,27 @@ class CellOutcome:
 
 
 def run_study(
-    study: StudyConfig, out_dir: Path, *, command: str, progress: bool = True
+    study: StudyConfig,
+    out_dir: Path,
+    *,
+    command: str,
+    progress: bool = True,
+    then: Callable[[Path], object] | None = None,
 ) -> list[CellOutcome]:
-    """Run (or continue) every cell of ``study`` under ``out_dir``."""
+    """Run (or continue) every cell of ``study`` under ``out_dir``, then ``then(out_dir)``
+    (the report), as the one process writing the folder (:mod:`cnnvit.locks`: a second
+    ``compare`` on it is refused before it touches anything)."""
     folder = StudyFolder(out_dir)
+    with writing(folder.path, folder.lock):
+        outcomes = _run_study(study, folder, command=command, progress=progress)
+        if then is not None:
+            then(folder.path)
+    return outcomes
+
+
+def _run_study(
+    study: StudyConfig, folder: StudyFolder, *, command: str, progress: bool
+) -> list[CellOutcome]:
     _claim_folder(study, folder)
     _write_study_json(folder, study, cells(study, folder.path), command, finished=False)
     tuned = tune(study, folder, lambda trial: run_cell(trial).status)
