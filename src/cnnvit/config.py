@@ -37,8 +37,9 @@ class ConfigError(UserError, ValueError):
 
 
 class StrictModel(BaseModel):
-    # extra="forbid": unknown keys are errors; validate_assignment keeps overrides typed.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # extra="forbid": unknown keys are errors; validate_assignment keeps overrides typed;
+    # allow_inf_nan=False: no setting means anything at infinity or NaN (`optim.lr=.inf`).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class AugmentConfig(StrictModel):
@@ -407,6 +408,53 @@ def read_run_config(path: Path) -> RunConfig:
     """A resolved config as a run folder keeps it (``config.yaml``): every key is written out,
     so no preset is applied again."""
     return validate_config(RunConfig, load_yaml(path))
+
+
+# What ``train --resume`` may change: how the run is shown, not what it trains.
+RESUME_MAY_CHANGE = ("train.progress",)
+
+
+def resumed_config(
+    saved: RunConfig,
+    overrides: list[str] | None = None,
+    *,
+    values: Mapping[str, Any] | None = None,
+    run_dir: Path | str = "DIR",
+) -> RunConfig:
+    """The config a resumed run continues with: its saved one, where ``values`` and
+    ``overrides`` may change only :data:`RESUME_MAY_CHANGE`. Anything else is refused: a
+    resumed run replays its recipe exactly, and a longer schedule is another recipe (its
+    learning rate decays over all of it), so it is a new run."""
+    base = saved.model_dump(mode="json")
+    wanted = validate_config(RunConfig, apply_overrides(deep_merge(base, values or {}), overrides))
+    after = wanted.model_dump(mode="json")
+    changed = [k for k in _changed_keys(base, after) if k not in RESUME_MAY_CHANGE]
+    if not changed:
+        return wanted
+    what = ", ".join(f"{k} ({_at(base, k)!r} -> {_at(after, k)!r})" for k in changed)
+    sets = " ".join(f"--set {k}={_at(after, k)}" for k in changed if k != "output.dir")
+    raise ConfigError(
+        f"--resume continues {run_dir} with the config it started with and cannot change {what}; "
+        f"train that as a new run: cnnvit train --config {Path(run_dir) / 'config.yaml'} "
+        f"{sets} --out NEW_DIR"
+    )
+
+
+def _changed_keys(before: Mapping[str, Any], after: Mapping[str, Any], prefix: str = "") -> list:
+    keys = []
+    for key in sorted(set(before) | set(after)):
+        a, b = before.get(key), after.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            keys += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def _at(data: Mapping[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        data = data.get(part) if isinstance(data, Mapping) else None
+    return data
 
 
 def dump_yaml(config: BaseModel, path: Path) -> None:

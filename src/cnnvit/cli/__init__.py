@@ -8,6 +8,7 @@ on stderr and exit status 2; an interruption in 130, with everything finished ke
 from __future__ import annotations
 
 import argparse
+import errno
 import shlex
 import sys
 from collections.abc import Callable
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, FileNotFoundError) as err:
         print(f"cnnvit {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a folder without write permission
+        print(f"cnnvit {args.command}: error: {_os_error(err)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(
             "interrupted; every finished epoch is checkpointed: run the same `cnnvit compare` "
@@ -45,6 +49,18 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+def _os_error(err: OSError) -> str:
+    """One line for an operating-system error, with what to do about the common ones."""
+    where = f": {err.filename}" if err.filename else ""
+    line = f"{err.strerror or err}{where}"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        line += "; free some space, then run the same command again (`cnnvit train --resume "
+        line += "DIR` for a run): finished epochs and cells are kept"
+    elif err.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+        line += "; choose a folder you can write (--out)"
+    return line
 
 
 if __name__ == "__main__":
