@@ -29,8 +29,20 @@ class FolderBusyError(UserError):
 @contextmanager
 def writing(folder: Path, marker: Path) -> Iterator[None]:
     """Hold ``marker`` (inside ``folder``, which is created) while the block writes ``folder``;
-    :class:`FolderBusyError` at once, touching nothing else, where another process holds it."""
+    :class:`FolderBusyError` at once, touching nothing else, where another process holds it.
+    A folder created here that the block left empty (bad input found early) is removed."""
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with _held(folder, marker):
+            yield
+    finally:
+        if created and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+@contextmanager
+def _held(folder: Path, marker: Path) -> Iterator[None]:
     lock = SoftFileLock(marker, timeout=0, is_singleton=False, thread_local=False)
     try:
         lock.acquire()

@@ -82,12 +82,17 @@ def _run_config(args: argparse.Namespace, flags: ConfigFlags, **more: object) ->
     presets by family."""
     from cnnvit.models import family_of_name  # the registry imports torch and timm
 
+    return load_run_config(
+        args.config, args.overrides, values=_given(args, flags, **more), family_of=family_of_name
+    )
+
+
+def _given(args: argparse.Namespace, flags: ConfigFlags, **more: object) -> dict:
+    """The config values the flags give, nested (not ``--set``: those are ``args.overrides``)."""
     given = flags.values(args) | more
     if args.no_progress:
         given["train.progress"] = False
-    return load_run_config(
-        args.config, args.overrides, values=nested(given), family_of=family_of_name
-    )
+    return nested(given)
 
 
 # --- train ------------------------------------------------------------------------------------
@@ -103,7 +108,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def cmd_train(args: argparse.Namespace, flags: ConfigFlags) -> int:
     from cnnvit.train.run import resume, train
 
-    results = resume(args.resume) if args.resume is not None else train(_run_config(args, flags))
+    if args.resume is not None:
+        if args.config is not None:
+            raise ConfigError("--resume continues a run with its own config; drop --config")
+        results = resume(args.resume, args.overrides, values=_given(args, flags))
+    else:
+        results = train(_run_config(args, flags))
     for key in (k for k in RESULT_KEYS if k in results):
         value = results[key]
         console.print(

@@ -60,8 +60,9 @@ def run_study(
 def _run_study(
     study: StudyConfig, folder: StudyFolder, *, command: str, progress: bool
 ) -> list[CellOutcome]:
+    planned = cells(study, folder.path)  # a study that cannot be laid out claims no folder
     _claim_folder(study, folder)
-    _write_study_json(folder, study, cells(study, folder.path), command, finished=False)
+    _write_study_json(folder, study, planned, command, finished=False)
     tuned = tune(study, folder, lambda trial: run_cell(trial).status)
     grid = cells(study, folder.path, tuned)
     outcomes = []

@@ -21,10 +21,11 @@ from typing import Any
 import torch
 from timm.utils import ModelEmaV3
 
-from cnnvit.config import RunConfig, read_run_config
+from cnnvit.config import RunConfig, read_run_config, resumed_config
 from cnnvit.data.mix import BatchMix
 from cnnvit.data.pipeline import PreparedData
 from cnnvit.folders import RunFolder, RunFolderError
+from cnnvit.locks import writing
 from cnnvit.metrics import write_evaluation
 from cnnvit.models import count_parameters, model_family
 from cnnvit.runtime import PeakMemory, Runtime, capture_environment, num_threads
@@ -99,19 +100,25 @@ def train(cfg: RunConfig) -> dict:
         cfg = cfg.model_copy(deep=True)
         cfg.output.dir = default_run_dir(cfg)
     folder = RunFolder(cfg.output.dir)
-    if folder.holds_run():
-        raise RunFolderError(
-            f"{folder.path} already holds a run; continue it with `cnnvit train --resume "
-            f"{folder.path}` or choose another --out"
-        )
-    return _run(cfg, folder, resume=False)
+    with writing(folder.path, folder.lock):
+        if folder.holds_run():
+            raise RunFolderError(
+                f"{folder.path} already holds a run; continue it with `cnnvit train --resume "
+                f"{folder.path}` or choose another --out"
+            )
+        return _run(cfg, folder, resume=False)
 
 
-def resume(run_dir: Path) -> dict:
-    """Continue an interrupted run from its last complete epoch, with its saved config."""
+def resume(
+    run_dir: Path, overrides: list[str] | None = None, *, values: dict[str, Any] | None = None
+) -> dict:
+    """Continue an interrupted run from its last complete epoch, with its saved config
+    (``overrides``/``values`` may change only how it is shown: :func:`resumed_config`)."""
     folder = RunFolder(run_dir)
     folder.require(results=False)
-    return _run(read_run_config(folder.config), folder, resume=True)
+    cfg = resumed_config(read_run_config(folder.config), overrides, values=values, run_dir=run_dir)
+    with writing(folder.path, folder.lock):
+        return _run(cfg, folder, resume=True)
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
@@ -139,7 +146,7 @@ def _run_session(cfg: RunConfig, folder: RunFolder, *, resume: bool) -> dict:
         return _finish(session, results)
     except BaseException as err:
         results.update(status="failed", error=f"{type(err).__name__}: {err}")
-        _finish(session, results)
+        _record_failure(session, results)
         raise
     metrics = _final_evaluation(session)
     results.update(_summary(session))  # the test split's unreadable files are known only now
@@ -167,8 +174,6 @@ def _open_session(cfg: RunConfig, folder: RunFolder, *, resume: bool) -> Session
     if cfg.train.ema_decay is not None:
         # Built from the uncompiled model (compile wraps it below); same device and dtype.
         session.ema = ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=cfg.train.ema_warmup)
-    # Only now, with data and model known to be good, does the run folder appear.
-    folder.path.mkdir(parents=True, exist_ok=True)
     console.print(f"run folder: {folder.path}")
     console.print(f"budget: {plan.describe()}")
     if resume:
@@ -403,6 +408,15 @@ def _finish(s: Session, results: dict) -> dict:
     results.update(finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     s.folder.write_results(results)
     return results
+
+
+def _record_failure(s: Session, results: dict) -> None:
+    """results.json says ``failed`` and why, where the disk still takes it (a full disk may
+    not: the error itself still reaches the user, and the last checkpoint is intact)."""
+    try:
+        _finish(s, results)
+    except OSError as err:
+        console.print(f"[red]could not record the failure in {s.folder.results}:[/] {err}")
 
 
 def _print_row(row: dict, plan: Plan) -> None:
