@@ -117,12 +117,31 @@ class FreezeConfig(StrictModel):
     )
 
 
+# Model arguments cnnvit derives from the data and the config, never from model.kwargs.
+MODEL_ARGS_FROM_DATA = {
+    "num_classes": "the dataset's classes, or data.classes",
+    "in_chans": "data.channels",
+    "img_size": "data.image_size",
+    "pretrained": "model.pretrained",
+    "weights": "model.weights",
+}
+
+
 class ModelConfig(StrictModel):
     name: str = Field("resnet_mini", description="a timm name or a cnnvit built-in")
     pretrained: bool = False
     weights: Path | None = Field(None, description="local weights file (.safetensors)")
     freeze: FreezeConfig = Field(default_factory=FreezeConfig)
     kwargs: dict[str, Any] = Field(default_factory=dict, description="extra model arguments")
+
+    @field_validator("kwargs")
+    @classmethod
+    def _not_set_from_data(cls, value: dict[str, Any]) -> dict[str, Any]:
+        taken = sorted(set(value) & set(MODEL_ARGS_FROM_DATA))
+        if taken:
+            instead = ", ".join(f"{k} (set by {MODEL_ARGS_FROM_DATA[k]})" for k in taken)
+            raise ValueError(f"model.kwargs cannot set {instead}")
+        return value
 
 
 class OptimConfig(StrictModel):
@@ -426,7 +445,9 @@ def resumed_config(
     resumed run replays its recipe exactly, and a longer schedule is another recipe (its
     learning rate decays over all of it), so it is a new run."""
     base = saved.model_dump(mode="json")
-    wanted = validate_config(RunConfig, apply_overrides(deep_merge(base, values or {}), overrides))
+    wanted = validate_config(
+        RunConfig, apply_overrides(deep_merge(base, values or {}), overrides or [])
+    )
     after = wanted.model_dump(mode="json")
     changed = [k for k in _changed_keys(base, after) if k not in RESUME_MAY_CHANGE]
     if not changed:

@@ -1,17 +1,22 @@
 """The ``cnnvit`` command: parse arguments, call one library function per verb, report errors.
 
 The flags come from the typed configs (:mod:`cnnvit.cli.options`), the analysis verbs from the
-analysis registry. Bad input (:class:`cnnvit.errors.UserError`, a missing file) ends in one line
-on stderr and exit status 2; an interruption in 130, with everything finished kept.
+analysis registry. Bad input (:class:`cnnvit.errors.UserError`, a missing file, an OS error such as
+a full disk) ends in one line on stderr and exit status 2; an interruption in 130, with everything
+finished kept; anything unforeseen in one line and status 1, its traceback saved to a file.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import os
 import shlex
 import sys
+import tempfile
+import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 from cnnvit.cli import analyses, listing, runs, studies
 from cnnvit.errors import UserError
@@ -42,6 +47,16 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # a full disk, a folder without write permission
         print(f"cnnvit {args.command}: error: {_os_error(err)}", file=sys.stderr)
         return 2
+    except Exception as err:  # not foreseen: one line, and the traceback kept for a bug report
+        if os.environ.get("CNNVIT_TRACEBACK"):
+            raise
+        saved = _save_traceback(err)
+        print(
+            f"cnnvit {args.command}: internal error: {type(err).__name__}: {err}; the traceback "
+            f"is in {saved} (set CNNVIT_TRACEBACK=1 to see it here): please report it",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         print(
             "interrupted; every finished epoch is checkpointed: run the same `cnnvit compare` "
@@ -49,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+def _save_traceback(err: Exception) -> Path:
+    fd, name = tempfile.mkstemp(prefix="cnnvit-traceback-", suffix=".txt")
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(traceback.format_exception(err)))
+    return Path(name)
 
 
 def _os_error(err: OSError) -> str:

@@ -16,7 +16,7 @@ import torch
 from cnnvit.config import ConfigError, RunConfig, read_run_config
 from cnnvit.folders import RunFolder
 from cnnvit.metrics import write_evaluation
-from cnnvit.models import load_weights_file
+from cnnvit.models import load_into, load_weights_file
 from cnnvit.models.weights import (
     Preprocessing,
     check_class_names,
@@ -62,7 +62,13 @@ def evaluate_weights_file(cfg: RunConfig, path: Path, out_dir: Path) -> Evaluati
     cfg, use_weights_norm, origin = _with_preprocessing(cfg, prep, path)
     with num_threads(cfg.train.threads):
         return _evaluate(
-            cfg, weights, Path(out_dir), prep=prep, use_weights_norm=use_weights_norm, origin=origin
+            cfg,
+            weights,
+            Path(out_dir),
+            prep=prep,
+            use_weights_norm=use_weights_norm,
+            origin=origin,
+            source=path,
         )
 
 
@@ -104,6 +110,7 @@ def _evaluate(
     prep: Preprocessing | None = None,
     use_weights_norm: bool = False,
     origin: dict[str, str] | None = None,
+    source: str | Path = "the weights given",
 ) -> Evaluation:
     parts = assemble(cfg)
     runtime, data, model = parts.runtime, parts.data, parts.model
@@ -120,7 +127,7 @@ def _evaluate(
         if use_weights_norm:
             transform = replace(transform, mean=prep.mean, std=prep.std)
     if weights is not None:
-        model.load_state_dict(weights)
+        load_into(model, weights, source)
     with progress_bar(cfg.train.progress) as progress:
         logits, labels = predict_logits(
             model, data.open_test(), transform, runtime=runtime, progress=progress

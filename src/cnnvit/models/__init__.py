@@ -12,6 +12,7 @@ works afterwards. Built-ins (one module per family):
 """
 
 from cnnvit.models import gresnet, hybrid, resnet_cifar, vit_small  # noqa: F401  (registers the built-ins)
+from cnnvit.models.hub import load_into
 from cnnvit.models.registry import (
     ModelError,
     UnknownModelError,
@@ -38,6 +39,7 @@ __all__ = [
     "freeze_all_but_last_blocks",
     "head_modules",
     "list_builtin_models",
+    "load_into",
     "load_weights_file",
     "model_blocks",
     "model_family",

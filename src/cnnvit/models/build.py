@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from cnnvit.config import ModelConfig
+from cnnvit.models.hub import ModelError
 from cnnvit.models.registry import create_model
 from cnnvit.models.surgery import freeze_all_but_last_blocks
 
@@ -19,15 +20,21 @@ def build_model(
     channels_last: bool = False,
 ) -> torch.nn.Module:
     """Create ``cfg.name`` for this data, freeze what the config freezes, move it to ``device``."""
-    model = create_model(
-        cfg.name,
-        num_classes=num_classes,
-        in_chans=in_chans,
-        img_size=img_size,
-        pretrained=cfg.pretrained,
-        weights=cfg.weights,
-        **cfg.kwargs,
-    )
+    try:
+        model = create_model(
+            cfg.name,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            img_size=img_size,
+            pretrained=cfg.pretrained,
+            weights=cfg.weights,
+            **cfg.kwargs,
+        )
+    except TypeError as err:  # the constructor does not take one of model.kwargs
+        raise ModelError(
+            f"{cfg.name} does not accept model.kwargs {cfg.kwargs}: {err}; remove or rename "
+            "the key (see the model's constructor in timm)"
+        ) from None
     freeze_all_but_last_blocks(
         model, cfg.freeze.trainable_blocks, also_trainable=cfg.freeze.also_trainable
     )

@@ -27,6 +27,7 @@ __all__ = [
     "UnknownModelError",
     "cached_weights",
     "hub_reachable",
+    "load_into",
     "load_weights_file",
     "published_state_dict",
 ]
@@ -67,6 +68,35 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     ):
         raise ModelError(f"weights file {path} does not hold a state dict of tensors")
     return state_dict
+
+
+def load_into(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: str | Path) -> None:
+    """``model.load_state_dict(weights)``, or a :class:`ModelError` that says in one line which
+    tensors do not fit (missing, unexpected, another shape) instead of torch's page of keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [
+        f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in weights and weights[k].shape != v.shape
+    ]
+    problems = [
+        f"{len(found)} {what}, e.g. {', '.join(found[:3])}"
+        for what, found in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("of another shape (file vs model)", shapes),
+        )
+        if found
+    ]
+    if problems:
+        name = type(model).__name__
+        raise ModelError(
+            f"weights in {source} do not fit this {name}: tensors {'; '.join(problems)}; check "
+            "--model (and its --set model.kwargs) against the model that wrote the file"
+        )
+    model.load_state_dict(weights)
 
 
 def published_state_dict(name: str) -> dict[str, torch.Tensor]:

@@ -17,6 +17,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 from cnnvit.models._cfg import cifar_cfg
+from cnnvit.models.hub import ModelError
 
 __all__: list[str] = []
 
@@ -45,9 +46,10 @@ def _check_geometry(variant: str, kwargs: dict[str, Any]) -> None:
     patch_size = kwargs["patch_size"]
     sizes = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     if any(s % patch_size for s in sizes) and not kwargs.get("dynamic_img_pad", False):
-        raise ValueError(
+        raise ModelError(
             f"{variant}: img_size {img_size} is not a multiple of patch_size {patch_size}; "
-            f"use an image size divisible by {patch_size} or pass dynamic_img_pad=True"
+            f"use an image size divisible by {patch_size} (--set data.image_size=...) or pass "
+            "dynamic_img_pad=True (--set model.kwargs.dynamic_img_pad=true)"
         )
 
 

@@ -193,6 +193,10 @@ def _typed_options(name: str, model: type[AnalysisOptions], value: Any) -> Analy
         raise ValidationError.from_exception_data(err.title, details) from None  # type: ignore[arg-type]
 
 
+# A study's name is a folder name (runs/<name> by default), never a path.
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 class StudyConfig(StrictModel):
     name: str = "study"
     data: DataConfig = Field(default_factory=DataConfig)
@@ -229,6 +233,36 @@ class StudyConfig(StrictModel):
         if isinstance(value.get("models"), list):
             value["models"] = [{"name": m} if isinstance(m, str) else m for m in value["models"]]
         return _expand_preset(value)
+
+    @field_validator("name")
+    @classmethod
+    def _a_name(cls, value: str) -> str:
+        # It names the default output folder (runs/<name>): a path would write elsewhere.
+        if not STUDY_NAME.fullmatch(value):
+            raise ValueError(
+                f"study name {value!r} must be a name, not a path: letters, digits, '.', '_' "
+                "and '-', starting with a letter or digit (e.g. fashion-depth); choose where "
+                "it is written with --out"
+            )
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _some_models(cls, value: list[StudyModel]) -> list[StudyModel]:
+        if not value:
+            raise ValueError("a study compares models: list at least one, e.g. [resnet_mini]")
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int]) -> list[int]:
+        repeated = sorted({s for s in value if value.count(s) > 1})
+        if repeated:
+            raise ValueError(
+                f"seeds {repeated} appear more than once in {value}; a seed repeated trains the "
+                "same cell twice: list each seed once"
+            )
+        return value
 
     @field_validator("fractions")
     @classmethod
@@ -419,7 +453,13 @@ def load_studies(
     """
     if path is None:
         return [load_study(None, overrides, values=values, cuda=cuda)]
-    first, *changes = load_yaml_documents(path)
+    documents = load_yaml_documents(path)
+    if not documents:
+        raise ConfigError(
+            f"{path} is empty; a study needs at least `models:` (see `cnnvit compare --help` and "
+            "the ready studies in studies/)"
+        )
+    first, *changes = documents
     studies = []
     for number, change in enumerate([{}, *changes], start=1):
         try:
