@@ -21,7 +21,7 @@ from pathlib import Path
 
 from cnnvit.config import ProfileConfig
 from cnnvit.folders import FINAL, RunFolder, RunFolderError, StudyFolder, write_text
-from cnnvit.locks import writing
+from cnnvit.locks import FolderBusyError, writing
 from cnnvit.profile.profiler import profile_run
 from cnnvit.study.analysis import run_analyses
 from cnnvit.study.config import Cell, StudyConfig, StudyProfile, cells
@@ -137,7 +137,7 @@ def run_cell(cell: Cell) -> CellOutcome:
             shutil.rmtree(run.path, ignore_errors=True)
             results = train(cell.config)
         status = results["status"]
-    except (KeyboardInterrupt, RunFolderError):
+    except (KeyboardInterrupt, RunFolderError, FolderBusyError):  # the folder is not ours to mark
         raise
     except Exception as err:  # a failing cell must not stop the study
         status = "failed"
