@@ -113,7 +113,8 @@ class SplitNormConv2d(nn.Conv2d):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(self.norm(x))
+        # `_conv_forward`, not `super().forward`: TorchScript cannot compile super() calls
+        return self._conv_forward(self.norm(x), self.weight, self.bias)
 
 
 class MeanPadConv2d(nn.Conv2d):
@@ -140,14 +141,16 @@ class MeanPadConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ph, pw = self.pad
-        if ph or pw:
-            n, c, h, w = x.shape
-            padded = self.pad_value.to(x.dtype)[None, :, None, None].expand(
-                n, c, h + 2 * ph, w + 2 * pw
-            )
-            padded = padded.clone(memory_format=torch.contiguous_format)
-            padded[:, :, ph : ph + h, pw : pw + w] = x
-            x = padded
+        # the border is concatenated rather than written into a filled tensor: slice assignment
+        # cannot be traced by torch.fx, and no shape is unpacked, so fx, TorchScript and
+        # torch.export all follow the input's (symbolic) size
+        fill = self.pad_value.to(x.dtype)[None, :, None, None]
+        if pw:
+            side = fill.expand(x.shape[0], -1, x.shape[2], pw)
+            x = torch.cat([side, x, side], dim=3)
+        if ph:
+            top = fill.expand(x.shape[0], -1, ph, x.shape[3])
+            x = torch.cat([top, x, top], dim=2)
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
