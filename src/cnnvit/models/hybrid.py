@@ -31,8 +31,9 @@ Seed 000 trains the conv block: ``freeze_all_but_last_blocks(model, k, also_trai
 Registered with timm: ``hybrid_convblock_vit_base`` and ``hybrid_convblock_vit_tiny``.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: torch.fx copies forward()'s annotations into the
+# code it generates as written, and a string annotation ('torch.Tensor') becomes an unknown type
+# name when that traced graph is then scripted (timm's fx + TorchScript path).
 from pathlib import Path
 from typing import Any, Literal
 
@@ -90,28 +91,34 @@ default_cfgs = generate_default_cfgs(
 )
 
 
-def two_conv_block(in_chans: int = 3, conv_chs: int = 64) -> nn.Sequential:
+def two_conv_block(
+    in_chans: int = 3, conv_chs: int = 64, device: Any = None, dtype: Any = None
+) -> nn.Sequential:
     """Seed 000 §4.4: conv 3x3 (in -> C), ReLU, conv 3x3 (C -> 3), ReLU; padding 1, stride 1."""
+    dd = {"device": device, "dtype": dtype}
     return nn.Sequential(
-        nn.Conv2d(in_chans, conv_chs, kernel_size=3, padding=1),
+        nn.Conv2d(in_chans, conv_chs, kernel_size=3, padding=1, **dd),
         nn.ReLU(inplace=True),
-        nn.Conv2d(conv_chs, 3, kernel_size=3, padding=1),
+        nn.Conv2d(conv_chs, 3, kernel_size=3, padding=1, **dd),
         nn.ReLU(inplace=True),
     )
 
 
-def appendix_b_conv_block(in_chans: int = 3) -> nn.Sequential:
+def appendix_b_conv_block(
+    in_chans: int = 3, device: Any = None, dtype: Any = None
+) -> nn.Sequential:
     """Seed 000 appendix B, verbatim: halves the image (MaxPool2d(2)) and returns 3 channels."""
+    dd = {"device": device, "dtype": dtype}
     return nn.Sequential(
-        nn.Conv2d(in_chans, 32, kernel_size=3, padding=1),
-        nn.BatchNorm2d(32),
+        nn.Conv2d(in_chans, 32, kernel_size=3, padding=1, **dd),
+        nn.BatchNorm2d(32, **dd),
         nn.ReLU(inplace=True),
-        nn.Conv2d(32, 64, kernel_size=3, padding=1),
-        nn.BatchNorm2d(64),
+        nn.Conv2d(32, 64, kernel_size=3, padding=1, **dd),
+        nn.BatchNorm2d(64, **dd),
         nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
-        nn.Conv2d(64, 3, kernel_size=3, padding=1),
-        nn.BatchNorm2d(3),
+        nn.Conv2d(64, 3, kernel_size=3, padding=1, **dd),
+        nn.BatchNorm2d(3, **dd),
         nn.ReLU(inplace=True),
     )
 
@@ -131,6 +138,8 @@ class ConvStemViT(nn.Module):
     """
 
     cnnvit_family = "hybrid"
+    # TorchScript compiles properties unless told not to; these are Python-side aliases
+    __jit_unused_properties__ = ("blocks", "norm", "fc_norm", "patch_embed")
 
     def __init__(
         self,
@@ -143,15 +152,18 @@ class ConvStemViT(nn.Module):
         **vit_kwargs: Any,
     ) -> None:
         super().__init__()
+        # timm's factory passes device= / dtype= (e.g. "meta"); the ViT gets them in vit_kwargs
+        dd = {"device": vit_kwargs.get("device"), "dtype": vit_kwargs.get("dtype")}
         if conv_block == "two_conv":
-            self.conv_block = two_conv_block(in_chans, conv_chs)
+            self.conv_block = two_conv_block(in_chans, conv_chs, **dd)
             reduction = 1
         elif conv_block == "appendix_b":
-            self.conv_block = appendix_b_conv_block(in_chans)
+            self.conv_block = appendix_b_conv_block(in_chans, **dd)
             reduction = 2
         else:
             raise ValueError(f"unknown conv_block {conv_block!r}: use 'two_conv' or 'appendix_b'")
         self.conv_reduction = reduction
+        self.in_chans = in_chans
         self.img_size = img_size
         vit_img_size = _inner_size(vit_arch, img_size, reduction, vit_kwargs.get("patch_size", 16))
         self.vit = timm.create_model(
@@ -274,8 +286,10 @@ class ConvStemViT(nn.Module):
     ) -> list[int]:
         """Drop the ViT blocks after the last wanted one (indices over ``feature_info``)."""
         take, max_index = feature_take_indices(len(self.feature_info), indices)
+        # a list, not an int (timm reads an int as "the last n"); at least ViT block 0 is kept
+        # (timm's ViT cannot drop all its blocks), so index 0 (the conv block) prunes to one block
         self.vit.prune_intermediate_layers(
-            max(max_index - 1, 0), prune_norm=prune_norm, prune_head=prune_head
+            [max(max_index - 1, 0)], prune_norm=prune_norm, prune_head=prune_head
         )
         return take
 
