@@ -197,7 +197,7 @@ VARIANTS = [
     ("vit_tiny_patch16_224", 224, {"depth": 3}, (14, 14), 1),
     ("deit_tiny_distilled_patch16_224", 224, {"depth": 3}, (14, 14), 2),
     ("vit_mini", 32, {"reg_tokens": 4}, (8, 8), 5),
-    ("hybrid_convblock_vit_tiny", 224, {"depth": 3}, (7, 7), 1),
+    ("vit_convblock_tiny_patch16", 224, {"depth": 3}, (7, 7), 1),
 ]
 
 

@@ -62,7 +62,7 @@ def test_vit_maps_at_every_block_patch_4(trained_vit):
         ("vit_tiny_patch16_224", 224, {}, 12),  # 14 x 14 patches of 16, class token
         ("vit_small_patch16_224", 64, {"reg_tokens": 4}, 12),  # 4 x 4, class + 4 registers
         ("deit_tiny_distilled_patch16_224", 224, {}, 12),  # class + distillation tokens
-        ("hybrid_convblock_vit_tiny", 224, {}, 13),  # conv block, then 12 ViT blocks
+        ("vit_convblock_tiny_patch16", 224, {}, 13),  # conv block, then 12 ViT blocks
     ],
 )
 def test_vit_geometries_and_prefix_tokens(name, size, kwargs, depth):

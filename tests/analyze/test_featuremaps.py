@@ -53,7 +53,7 @@ def test_one_map_per_conv_at_the_convs_resolution(name, size):
 
 
 def test_hybrid_shows_its_conv_block_and_a_vit_nothing():
-    hybrid = make_subject("hybrid_convblock_vit_tiny", image_size=224).model
+    hybrid = make_subject("vit_convblock_tiny_patch16", image_size=224).model
     layers = featuremap_layers(hybrid)
     assert layers and all(n.startswith("conv_block.") for n in layers)
     assert featuremap_layers(make_subject("vit_mini").model) == []

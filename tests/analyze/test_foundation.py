@@ -42,7 +42,7 @@ def test_layer_sets_follow_feature_info():
     cnn = make_subject("resnet18").model
     assert stage_layers(cnn) == ["act1", "layer1", "layer2", "layer3", "layer4"]
     assert block_layers(cnn)[1:4] == ["layer1.0", "layer1.1", "layer2.0"]
-    hybrid = make_subject("hybrid_convblock_vit_tiny", image_size=224).model
+    hybrid = make_subject("vit_convblock_tiny_patch16", image_size=224).model
     assert block_layers(hybrid)[:2] == ["conv_block", "vit.blocks.0"]
     assert len(vit_block_layers(hybrid)) == 12
     with pytest.raises(KeyError, match="no module 'layer9'"):

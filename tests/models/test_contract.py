@@ -19,7 +19,7 @@ CIFAR_BUILTINS = ["resnet18_cifar", "resnet_mini", "vit_mini", "vit_small_data"]
 GRESNETS = ["gresnet18", "gresnet26", "gresnet50"]  # ImageNet-style (224); run at 32 x 32 here
 # ImageNet-size hybrids (ViT-B/16, ViT-Ti/16 inside): listed here, run in test_model_hybrid.py at
 # reduced width/depth to keep this file fast
-HYBRIDS = ["hybrid_convblock_vit_base", "hybrid_convblock_vit_tiny"]
+HYBRIDS = ["vit_convblock_base_patch16", "vit_convblock_tiny_patch16"]
 BUILTINS = CIFAR_BUILTINS + GRESNETS + HYBRIDS
 STOCK = ["resnet18", "vit_tiny_patch16_224"]  # timm's own classes, through the same registry
 # gresnet26 differs from gresnet50 only in depth: listed, but not run through the contract

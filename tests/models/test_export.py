@@ -38,9 +38,9 @@ BUILTINS = list_builtin_models()
 ATOL, RTOL = 1e-5, 1e-5  # fp32; the compiled graphs run the same kernels, observed error is 0
 NUM_CLASSES = 5
 # The costliest parametrisations are marked slow (run by CI): gresnet26 (gresnet50's code at
-# another depth), hybrid_convblock_vit_base (ViT-B/16, 86 M parameters) and gresnet50's export
+# another depth), vit_convblock_base_patch16 (ViT-B/16, 86 M parameters) and gresnet50's export
 # (the slowest single case, 3-9 s on 2 CPU cores); gresnet18/50 and the tiny hybrid stay fast.
-SLOW_MODELS = {"gresnet26", "hybrid_convblock_vit_base"}
+SLOW_MODELS = {"gresnet26", "vit_convblock_base_patch16"}
 SLOW_CASES = {("gresnet50", "export")}
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
@@ -230,7 +230,7 @@ def test_hybrid_prune_keeps_the_blocks_up_to_the_tap() -> None:
 
     Index 0 is the conv block, index i >= 1 ViT block i - 1 (which timm cannot prune away)."""
     model = create_model(
-        "hybrid_convblock_vit_tiny", num_classes=NUM_CLASSES, img_size=64, depth=3
+        "vit_convblock_tiny_patch16", num_classes=NUM_CLASSES, img_size=64, depth=3
     ).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():

@@ -31,7 +31,7 @@ from cnnvit.models import (
 from cnnvit.models.hybrid import ConvStemViT
 from stand_in_data import hub_cache_entry
 
-BASE, TINY = "hybrid_convblock_vit_base", "hybrid_convblock_vit_tiny"
+BASE, TINY = "vit_convblock_base_patch16", "vit_convblock_tiny_patch16"
 HYBRIDS = [BASE, TINY]
 SMALL = dict(embed_dim=32, depth=2, num_heads=2)  # a narrow ViT behind the seed's conv blocks
 
@@ -322,3 +322,17 @@ def test_pretrained_loads_the_published_vit_from_the_hub_cache(
     assert torch.equal(own["blocks.11.mlp.fc2.weight"], published.blocks[11].mlp.fc2.weight)
     assert own["pos_embed"].shape == (1, 1 + 7 * 7, 192)  # 14x14 grid resampled to 7x7
     assert model.vit.head.weight.shape == (2, 192)
+
+
+def test_the_old_names_still_build_the_renamed_hybrids():
+    from cnnvit.models import family_of_name
+
+    for old, new in (("hybrid_convblock_vit_base", BASE), ("hybrid_convblock_vit_tiny", TINY)):
+        with torch.device("meta"):
+            a = create_model(old, num_classes=3, img_size=64)
+            b = create_model(new, num_classes=3, img_size=64)
+        assert {k: v.shape for k, v in a.state_dict().items()} == {
+            k: v.shape for k, v in b.state_dict().items()
+        }
+        assert a.pretrained_cfg["architecture"] == new
+        assert family_of_name(old) == "hybrid"

@@ -57,8 +57,8 @@ def _without_hub(doc: dict[str, Any], folder: Path) -> dict[str, Any]:
             continue
         arch = model["name"].split(".")[0]
         model["pretrained"] = False
-        if arch.startswith("hybrid_convblock_vit_"):  # pretrained = the inner ViT's weights
-            inner = arch.replace("hybrid_convblock_", "") + "_patch16_224"
+        if arch.startswith("vit_convblock_"):  # pretrained = the inner ViT's weights
+            inner = arch.replace("convblock_", "") + "_224"  # vit_base_patch16_224
             model.setdefault("kwargs", {})["vit_weights"] = str(_published_weights(inner, folder))
         else:
             model["weights"] = str(_published_weights(arch, folder))

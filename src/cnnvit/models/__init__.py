@@ -7,7 +7,7 @@ works afterwards. Built-ins (one module per family):
 * ``vit_small``: ``vit_small_data`` (seed 004's small-data ViT), ``vit_mini``;
 * ``gresnet``: ``gresnet50``, ``gresnet26``, ``gresnet18`` (seed 003's GResNet, with ablation
   switches and ``fuse_split_norm`` for inference);
-* ``hybrid``: ``hybrid_convblock_vit_base``, ``hybrid_convblock_vit_tiny`` (seed 000's conv block
+* ``hybrid``: ``vit_convblock_base_patch16``, ``vit_convblock_tiny_patch16`` (seed 000's conv block
   in front of ViT-B/16 / ViT-Ti/16).
 """
 

@@ -1,9 +1,9 @@
 """Seed 000's hybrid ViTs (§4.4): a small convolutional block in front of a timm ViT.
 
-* ``hybrid_convblock_vit_base`` (§4.4): two 3 x 3 convolutions (padding 1), each followed by
+* ``vit_convblock_base_patch16`` (§4.4): two 3 x 3 convolutions (padding 1), each followed by
   ReLU, 3 -> C -> 3 channels (``conv_chs=64``), no downsampling, in front of ViT-B/16
   (``vit_base_patch16_224``: embed 768, depth 12, 12 heads, patch 16, 224 px).
-* ``hybrid_convblock_vit_tiny`` (§4.4.1, appendix B): conv 3 -> 32, BN, ReLU, conv 32 -> 64, BN,
+* ``vit_convblock_tiny_patch16`` (§4.4.1, appendix B): conv 3 -> 32, BN, ReLU, conv 32 -> 64, BN,
   ReLU, MaxPool2d(2), conv 64 -> 3, BN, ReLU (all 3 x 3, padding 1), in front of ViT-Tiny/16
   (``vit_tiny_patch16_224``: embed 192, depth 12, 3 heads). The max-pool halves the image, so at
   224 px the ViT sees 112 px: a 7 x 7 grid of 16-px patches.
@@ -28,7 +28,7 @@ Freezing (:mod:`cnnvit.models.surgery`): the blocks are the ViT's transformer bl
 Seed 000 trains the conv block: ``freeze_all_but_last_blocks(model, k, also_trainable=
 ["conv_block"])``, in a config ``model.freeze.also_trainable: [conv_block]``.
 
-Registered with timm: ``hybrid_convblock_vit_base`` and ``hybrid_convblock_vit_tiny``.
+Registered with timm: ``vit_convblock_base_patch16`` and ``vit_convblock_tiny_patch16``.
 """
 
 # No `from __future__ import annotations` here: torch.fx copies forward()'s annotations into the
@@ -48,7 +48,7 @@ from timm.models._features import feature_take_indices
 from cnnvit.models.hub import ModelError, load_weights_file, published_state_dict
 
 # Built-ins whose `pretrained=True` means their inner ViT's published weights.
-PRETRAINED_FROM_INNER_VIT = ("hybrid_convblock_vit_base", "hybrid_convblock_vit_tiny")
+PRETRAINED_FROM_INNER_VIT = ("vit_convblock_base_patch16", "vit_convblock_tiny_patch16")
 
 __all__ = [
     "PRETRAINED_FROM_INNER_VIT",
@@ -81,10 +81,10 @@ def _cfg(description: str) -> dict[str, Any]:
 
 default_cfgs = generate_default_cfgs(
     {
-        "hybrid_convblock_vit_base": _cfg(
+        "vit_convblock_base_patch16": _cfg(
             "seed 000 §4.4: two 3x3 conv+ReLU (3->64->3, no downsampling) before ViT-B/16"
         ),
-        "hybrid_convblock_vit_tiny": _cfg(
+        "vit_convblock_tiny_patch16": _cfg(
             "seed 000 §4.4.1/app. B: conv-BN-ReLU block with max-pool (224->112) before ViT-Ti/16"
         ),
     }
@@ -404,18 +404,18 @@ def _published_vit_state(variant: str, vit_arch: str) -> dict[str, torch.Tensor]
 
 
 @register_model
-def hybrid_convblock_vit_base(pretrained: bool = False, **kwargs: Any) -> ConvStemViT:
+def vit_convblock_base_patch16(pretrained: bool = False, **kwargs: Any) -> ConvStemViT:
     """Seed 000 §4.4: two 3x3 conv + ReLU (3 -> ``conv_chs``=64 -> 3, no downsampling) before
     ViT-B/16. 86,571,179 parameters with 1000 classes (ViT-B/16's 86,567,656 + 3,523)."""
     return _create_hybrid(
-        "hybrid_convblock_vit_base", "vit_base_patch16_224", "two_conv", pretrained, **kwargs
+        "vit_convblock_base_patch16", "vit_base_patch16_224", "two_conv", pretrained, **kwargs
     )
 
 
 @register_model
-def hybrid_convblock_vit_tiny(pretrained: bool = False, **kwargs: Any) -> ConvStemViT:
+def vit_convblock_tiny_patch16(pretrained: bool = False, **kwargs: Any) -> ConvStemViT:
     """Seed 000 §4.4.1: appendix B's conv block (max-pool: 224 -> 112) before ViT-Ti/16 on a
     7 x 7 grid. 5,710,513 parameters at 224 with 1000 classes."""
     return _create_hybrid(
-        "hybrid_convblock_vit_tiny", "vit_tiny_patch16_224", "appendix_b", pretrained, **kwargs
+        "vit_convblock_tiny_patch16", "vit_tiny_patch16_224", "appendix_b", pretrained, **kwargs
     )
