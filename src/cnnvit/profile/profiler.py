@@ -30,7 +30,7 @@ from rich.progress import Progress
 
 from cnnvit.config import FreezeConfig, ProfileConfig, read_run_config
 from cnnvit.folders import RunFolder
-from cnnvit.models.registry import ModelError, create_model
+from cnnvit.models.registry import UnknownModelError, create_model
 from cnnvit.models.surgery import freeze_all_but_last_blocks
 from cnnvit.profile.cost import count_flops, measure_cost, save_weights
 from cnnvit.profile.record import ModelProfile, SizePoint
@@ -418,7 +418,7 @@ def _size_point(
         timing, memory = measure_memory(
             runtime.device, lambda: time_repeats(forward_step(net, x, runtime), clock, plan)
         )
-    except ModelError:
+    except UnknownModelError:
         raise  # an unknown name is the caller's mistake, not this size's
     except (ValueError, RuntimeError, AssertionError) as exc:
         return SizePoint(image_size=size, error=f"{type(exc).__name__}: {exc}")
