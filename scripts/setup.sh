@@ -23,5 +23,5 @@ if ! command -v uv >/dev/null; then
   UV="python3 -m uv"
 fi
 
-$UV sync --frozen --quiet
+$UV sync --frozen --all-extras --quiet
 echo "setup: environment ready in .venv" >&2
