@@ -221,6 +221,17 @@ class TrainConfig(RuntimeConfig):
         description="keep an EMA of the weights (e.g. 0.9998) and evaluate it; None = off",
     )
     ema_warmup: bool = Field(False, description="ramp the EMA decay up from 0 (timm's warmup)")
+    nproc: int = Field(
+        1,
+        ge=1,
+        description="processes training the run together with DistributedDataParallel (one "
+        "per GPU); more than 1 starts torchrun; batch_size stays the global batch",
+    )
+    sync_bn: bool = Field(
+        False,
+        description="with several processes, synchronise BatchNorm statistics across them "
+        "(SyncBatchNorm, CUDA only); otherwise each normalises its share of the batch",
+    )
 
 
 class ProfileConfig(RuntimeConfig):
