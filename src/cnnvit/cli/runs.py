@@ -100,12 +100,13 @@ def _given(args: argparse.Namespace, flags: ConfigFlags, **more: object) -> dict
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train one model on one dataset into a run folder")
-    flags = _add_run_options(p, RUN_SHORTCUTS)
+    flags = _add_run_options(p, {**RUN_SHORTCUTS, "--nproc": "train.nproc"})
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR")
     p.set_defaults(func=lambda args: cmd_train(args, flags))
 
 
 def cmd_train(args: argparse.Namespace, flags: ConfigFlags) -> int:
+    from cnnvit.train.distributed import launched_worker
     from cnnvit.train.run import resume, train
 
     if args.resume is not None:
@@ -114,6 +115,10 @@ def cmd_train(args: argparse.Namespace, flags: ConfigFlags) -> int:
         results = resume(args.resume, args.overrides, values=_given(args, flags))
     else:
         results = train(_run_config(args, flags))
+    if launched_worker():  # one of the processes `--nproc` started: the launcher reports
+        return 0
+    if results.get("rank"):  # one of torchrun's processes but rank 0, which reports
+        return 0 if results["status"] == "completed" else 1
     for key in (k for k in RESULT_KEYS if k in results):
         value = results[key]
         console.print(

@@ -20,9 +20,11 @@ class Assembled:
     generator: torch.Generator  # CPU generator for data order and augmentation
 
 
-def assemble(cfg: RunConfig) -> Assembled:
-    """Seed torch, then build the device, the loaders and the model sized for the data."""
-    runtime = resolve_runtime(cfg.train)
+def assemble(cfg: RunConfig, *, device: torch.device | None = None) -> Assembled:
+    """Seed torch, then build the device, the loaders and the model sized for the data.
+    ``device``: this process's, where it is one of several (``train.device`` otherwise)."""
+    words = cfg.train if device is None else cfg.train.model_copy(update={"device": str(device)})
+    runtime = resolve_runtime(words)
     torch.manual_seed(cfg.train.seed)
     generator = torch.Generator().manual_seed(cfg.train.seed)
     data = prepare_data(

@@ -40,6 +40,11 @@ class Plan:
         first = (epoch - 1) * self.steps_per_epoch
         return first, min(first + self.steps_per_epoch, self.total_steps)
 
+    def scores_in(self, epoch: int) -> bool:
+        """Whether the selection split is scored during epoch ``epoch`` (if it runs to its end)."""
+        first, last = self.epoch_steps(epoch)
+        return any(first < step <= last for step in self.evaluate_at)
+
     def describe(self) -> str:
         """One line for the log and the report."""
         n = len(self.evaluate_at)

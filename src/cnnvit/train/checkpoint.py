@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from cnnvit.folders import CheckpointFiles, RunFolder, RunFolderError
 from cnnvit.models.weights import preprocessing_metadata
+from cnnvit.train.distributed import unwrap
 
 if TYPE_CHECKING:
     from cnnvit.data.pipeline import PreparedData
@@ -42,8 +43,9 @@ class Checkpoint:
 
 
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Weights of a possibly compiled model, contiguous on the CPU, ready for safetensors."""
-    model = getattr(model, "_orig_mod", model)  # torch.compile wraps the module
+    """Weights of a possibly compiled or DDP-wrapped model, contiguous on the CPU, ready for
+    safetensors."""
+    model = unwrap(model)  # torch.compile and DistributedDataParallel wrap the module
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
 
 

@@ -17,6 +17,7 @@ from cnnvit.data.augment import BatchTransform
 from cnnvit.data.loaders import Loader
 from cnnvit.data.mix import BatchMix
 from cnnvit.runtime import Runtime
+from cnnvit.train.distributed import unwrap
 
 # How often the loop reads the running loss back from the device: every read is a sync, and a
 # sync per step costs GPU throughput; divergence is still caught within this many steps.
@@ -106,9 +107,14 @@ PauseFn = Callable[[int, "EpochStats"], bool]
 class Tally:
     """Running loss, correct predictions, images and training time of a stretch of steps (sums
     on the device); a stretch may span epochs (a small training set scored every few epochs),
-    and its clock runs only inside :func:`train_one_epoch`."""
+    and its clock runs only inside :func:`train_one_epoch`.
+
+    With several processes, ``all_reduce`` sums a tensor over them in place: the figures read
+    back (:meth:`totals`, :meth:`stats`) are then the whole run's, every process reads them at the
+    same steps, and the clock is this process's (the processes step in lockstep)."""
 
     device: torch.device
+    all_reduce: Callable[[torch.Tensor], None] | None = None
 
     def __post_init__(self) -> None:
         self.reset()
@@ -133,11 +139,20 @@ class Tally:
         self.correct += (logits.detach().argmax(1) == labels).sum()
         self.seen += len(labels)
 
+    def totals(self) -> tuple[float, int, int]:
+        """(loss sum, correct predictions, images) of the stretch, over every process."""
+        seen = torch.tensor(float(self.seen), dtype=torch.float64, device=self.device)
+        sums = torch.stack([self.loss_sum.double(), self.correct.double(), seen])  # (3,)
+        if self.all_reduce is not None:
+            self.all_reduce(sums)
+        loss_sum, correct, images = sums.tolist()
+        return loss_sum, int(correct), int(images)
+
     def stats(self) -> EpochStats:
         """The stretch so far; the clock must be stopped."""
-        n = max(self.seen, 1)
-        loss, correct = self.loss_sum.item() / n, self.correct.item() / n
-        return EpochStats(loss, correct, self.seen, self.seconds)
+        loss_sum, correct, images = self.totals()
+        n = max(images, 1)
+        return EpochStats(loss_sum / n, correct / n, images, self.seconds)
 
 
 def train_one_epoch(
@@ -178,8 +193,9 @@ def train_one_epoch(
         logits, loss, labels = _one_step(step, images, labels, transform, generator, global_step)
         tally.add(loss, logits, labels)
         if (i + 1) % SYNC_EVERY == 0 or global_step == last or global_step in pause_at:
-            _check_finite(tally.loss_sum, global_step)
-            _show_rate(progress, task, i + 1, tally)
+            loss_sum, _, images = tally.totals()
+            _check_finite(loss_sum, global_step)
+            _show_rate(progress, task, i + 1, loss_sum, images, tally)
         if global_step in pause_at and on_pause is not None:
             tally.stop_clock()
             stop = on_pause(global_step, tally.stats())
@@ -222,22 +238,25 @@ def _one_step(
         torch.nn.utils.clip_grad_norm_(step.model.parameters(), step.grad_clip)
     step.optimizer.step()
     if step.ema is not None:
-        step.ema.update(getattr(step.model, "_orig_mod", step.model), step=global_step)
+        step.ema.update(unwrap(step.model), step=global_step)
     return logits, loss, labels
 
 
-def _show_rate(progress: Progress | None, task, done: int, tally: Tally) -> None:
+def _show_rate(
+    progress: Progress | None, task, done: int, loss_sum: float, images: int, tally: Tally
+) -> None:
     if progress is None:
         return
-    rate = tally.seen / max(tally.seconds + time.perf_counter() - tally.started, 1e-9)
-    loss = tally.loss_sum.item() / max(tally.seen, 1)
+    rate = images / max(tally.seconds + time.perf_counter() - tally.started, 1e-9)
+    loss = loss_sum / max(images, 1)
     progress.update(task, completed=done, rate=f"{rate:,.0f} img/s  loss {loss:.3f}")
 
 
-def _check_finite(loss_sum: torch.Tensor, step: int) -> None:
-    value = loss_sum.item()
-    if not math.isfinite(value):
-        raise DivergedError(f"training loss became {value} at step {step}")
+def _check_finite(loss_sum: float, step: int) -> None:
+    """Raise :class:`DivergedError` on a non-finite loss (summed over every process, so that
+    they all stop at the same step)."""
+    if not math.isfinite(loss_sum):
+        raise DivergedError(f"training loss became {loss_sum} at step {step}")
 
 
 def _synchronize(device: torch.device) -> None:

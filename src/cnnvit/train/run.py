@@ -9,6 +9,9 @@ or the best selection score's under early stopping), the skipped files and the f
 Three splits (:mod:`cnnvit.data.splits`): the model trains on its fraction of the training
 pool; the selection split is scored during training (the log, the best score, early stopping);
 the test split is read once, by the final evaluation, and gives every reported number.
+
+Several processes (``train.nproc``, or torchrun): :mod:`cnnvit.train.distributed` says what they
+share; here, rank 0 alone holds the lock, scores and writes, and the others train their share.
 """
 
 from __future__ import annotations
@@ -25,14 +28,25 @@ from cnnvit.config import RunConfig, read_run_config, resumed_config
 from cnnvit.data.mix import BatchMix
 from cnnvit.data.pipeline import PreparedData
 from cnnvit.folders import RunFolder, RunFolderError
-from cnnvit.locks import writing
 from cnnvit.metrics import write_evaluation
 from cnnvit.models import count_parameters, model_family
+from cnnvit.presets import deep_merge
 from cnnvit.runtime import PeakMemory, Runtime, capture_environment, num_threads
 from cnnvit.stats.convergence import still_improving
 from cnnvit.train.assemble import assemble
 from cnnvit.train.budget import BestWeights, Plan, best_in, evaluations_since_best, plan_budget
 from cnnvit.train.checkpoint import load_checkpoint, save_checkpoint, weights_metadata
+from cnnvit.train.distributed import (
+    DistributedError,
+    World,
+    check_processes,
+    joined,
+    launch_run,
+    launches,
+    one_writer,
+    torchrun_processes,
+    unwrap,
+)
 from cnnvit.train.loop import (
     DivergedError,
     EpochStats,
@@ -79,6 +93,8 @@ class Session:
     history: list[dict] = field(default_factory=list)
     best: BestWeights = field(default_factory=BestWeights)
     stopped_early: bool = False
+    world: World = field(default_factory=World)  # this process among the run's
+    augment: torch.Generator | None = None  # augmentation's and mixing's (this process's own)
 
 
 # Which split each number of results.json comes from.
@@ -95,30 +111,37 @@ SPLITS = {
 
 
 def train(cfg: RunConfig) -> dict:
-    """Train a new run into ``cfg.output.dir``; returns the content of results.json."""
-    if cfg.output.dir is None:
+    """Train a new run into ``cfg.output.dir``; returns the content of results.json.
+
+    With ``train.nproc`` > 1 this starts torchrun and returns what its processes wrote; inside
+    torchrun, this process trains its share of the run (the others return a short status)."""
+    if launches(cfg.train.nproc):
         cfg = cfg.model_copy(deep=True)
-        cfg.output.dir = default_run_dir(cfg)
-    folder = RunFolder(cfg.output.dir)
-    with writing(folder.path, folder.lock):
-        if folder.holds_run():
-            raise RunFolderError(
-                f"{folder.path} already holds a run; continue it with `cnnvit train --resume "
-                f"{folder.path}` or choose another --out"
-            )
-        return _run(cfg, folder, resume=False)
+        cfg.output.dir = cfg.output.dir or default_run_dir(cfg)
+        return launch_run(cfg, RunFolder(cfg.output.dir), new=True)
+    with joined(cfg.train.device) as world:
+        cfg = _as_run_by(cfg, world)
+        folder = RunFolder(cfg.output.dir)
+        with one_writer(folder, world, new=True):
+            return _run(cfg, folder, world, resume=False)
 
 
 def resume(
     run_dir: Path, overrides: list[str] | None = None, *, values: dict[str, Any] | None = None
 ) -> dict:
     """Continue an interrupted run from its last complete epoch, with its saved config
-    (``overrides``/``values`` may change only how it is shown: :func:`resumed_config`)."""
+    (``overrides``/``values`` may change only how it is shown: :func:`resumed_config`), on as
+    many processes as it started with."""
     folder = RunFolder(run_dir)
     folder.require(results=False)
+    started = torchrun_processes()
+    if started is not None:  # torchrun's processes: the run must have trained with as many
+        values = deep_merge(values or {}, {"train": {"nproc": started}})
     cfg = resumed_config(read_run_config(folder.config), overrides, values=values, run_dir=run_dir)
-    with writing(folder.path, folder.lock):
-        return _run(cfg, folder, resume=True)
+    if launches(cfg.train.nproc):
+        return launch_run(cfg, folder, new=False)
+    with joined(cfg.train.device) as world, one_writer(folder, world, new=False):
+        return _run(cfg, folder, world, resume=True)
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
@@ -127,16 +150,38 @@ def default_run_dir(cfg: RunConfig) -> Path:
     return Path("runs") / f"{cfg.model.name}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+# --- several processes ----------------------------------------------------------------------
+
+
+def _as_run_by(cfg: RunConfig, world: World) -> RunConfig:
+    """The config as these processes run it: ``train.nproc`` is their number (torchrun's, where
+    the config leaves it at 1), the default run folder rank 0's name for it."""
+    cfg = cfg.model_copy(deep=True)
+    started = torchrun_processes()
+    if started is not None:
+        if cfg.train.nproc not in (1, started):
+            raise DistributedError(
+                f"train.nproc is {cfg.train.nproc}, but torchrun started {started} processes; "
+                f"leave train.nproc out or set it to {started}"
+            )
+        cfg.train.nproc = started
+    if cfg.output.dir is None:
+        cfg.output.dir = world.broadcast(default_run_dir(cfg))
+    return cfg
+
+
 # --- the run ------------------------------------------------------------------------------------
 
 
-def _run(cfg: RunConfig, folder: RunFolder, *, resume: bool) -> dict:
+def _run(cfg: RunConfig, folder: RunFolder, world: World, *, resume: bool) -> dict:
     with num_threads(cfg.train.threads):
-        return _run_session(cfg, folder, resume=resume)
+        return _run_session(cfg, folder, world, resume=resume)
 
 
-def _run_session(cfg: RunConfig, folder: RunFolder, *, resume: bool) -> dict:
-    session = _open_session(cfg, folder, resume=resume)
+def _run_session(cfg: RunConfig, folder: RunFolder, world: World, *, resume: bool) -> dict:
+    session = _open_session(cfg, folder, world, resume=resume)
+    if not world.is_main:
+        return _train_share(session)
     results = _base_results(session)
     try:
         _train_epochs(session, results)
@@ -162,26 +207,49 @@ def _run_session(cfg: RunConfig, folder: RunFolder, *, resume: bool) -> dict:
     return _finish(session, results)
 
 
-def _open_session(cfg: RunConfig, folder: RunFolder, *, resume: bool) -> Session:
-    parts = assemble(cfg)
-    runtime, data, model, generator = parts.runtime, parts.data, parts.model, parts.generator
+def _train_share(s: Session) -> dict:
+    """A process other than rank 0: it trains its share of every batch, scores and writes
+    nothing, and returns how training ended."""
+    try:
+        _train_epochs(s, None)
+    except DivergedError:
+        return {"status": "diverged", "rank": s.world.rank}
+    return {"status": "completed", "rank": s.world.rank}
+
+
+def _open_session(cfg: RunConfig, folder: RunFolder, world: World, *, resume: bool) -> Session:
+    if world.distributed:
+        assert world.device is not None
+        check_processes(
+            world.size, cfg.train.batch_size, sync_bn=cfg.train.sync_bn, device=world.device
+        )
+    parts = assemble(cfg, device=world.device)
+    runtime, generator = parts.runtime, parts.generator
+    data = world.shard(parts.data)  # this process's share of every batch
+    model = world.batchnorm(parts.model, cfg.train.sync_bn)
     optimizer = build_optimizer(model, cfg.optim)
     plan = plan_budget(cfg.train.budget, epochs=cfg.train.epochs, steps_per_epoch=len(data.train))
     scheduler = build_scheduler(
         optimizer, cfg.optim, steps_per_epoch=plan.steps_per_epoch, total_steps=plan.total_steps
     )
     session = Session(cfg, folder, runtime, data, model, optimizer, scheduler, generator, plan)
+    session.world = world
+    session.augment = world.own_generator(cfg.train.seed, generator)
     if cfg.train.ema_decay is not None:
         # Built from the uncompiled model (compile wraps it below); same device and dtype.
         session.ema = ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=cfg.train.ema_warmup)
     console.print(f"run folder: {folder.path}")
     console.print(f"budget: {plan.describe()}")
+    if world.distributed:
+        share = cfg.train.batch_size // world.size
+        console.print(f"{world.size} processes on {runtime.device.type}: {share} images each")
     if resume:
         _restore(session)
-    else:
+    elif world.is_main:
         folder.write_config_data(cfg.model_dump(mode="json"))
         folder.write_environment(capture_environment(runtime, cfg.train.seed).to_dict())
-    session.model = runtime.compiled(model)
+    # DDP inside torch.compile, as torch's DDP + compile notes ask.
+    session.model = runtime.compiled(world.wrap(model))
     return session
 
 
@@ -191,7 +259,8 @@ def _restore(session: Session) -> None:
     rows = folder.read_epochs()
     if ckpt is None:
         console.print(f"no checkpoint in {folder.path}: starting from epoch 1")
-        folder.write_epochs(EPOCH_COLUMNS, [])
+        if session.world.is_main:
+            folder.write_epochs(EPOCH_COLUMNS, [])
         return
     session.model.load_state_dict(ckpt.weights)
     if session.ema is not None:
@@ -204,9 +273,12 @@ def _restore(session: Session) -> None:
     torch.set_rng_state(ckpt.state["torch_rng"])
     if "cuda_rng" in ckpt.state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ckpt.state["cuda_rng"])
+    if session.world.distributed:
+        _restore_process(session, ckpt.state)
     # Rows written after the checkpoint (a crash between the two) are dropped and re-run.
     session.history = [r for r in rows if int(r["epoch"]) <= ckpt.epoch]
-    folder.write_epochs(EPOCH_COLUMNS, session.history)
+    if session.world.is_main:
+        folder.write_epochs(EPOCH_COLUMNS, session.history)
     if session.history:
         acc, step, epoch = best_in(session.history, session.plan.min_delta)
         session.best = BestWeights(acc, step, epoch, ckpt.best_weights)
@@ -214,7 +286,25 @@ def _restore(session: Session) -> None:
     console.print(f"resuming {folder.path} after epoch {ckpt.epoch}")
 
 
-def _train_epochs(s: Session, results: dict) -> None:
+def _restore_process(s: Session, state: dict) -> None:
+    """This process's own random streams, as the checkpoint kept them for every process."""
+    processes = state.get("processes") or []
+    if len(processes) != s.world.size:
+        raise RunFolderError(
+            f"{s.folder.path}: the checkpoint keeps the random streams of {len(processes)} "
+            f"processes, not of {s.world.size}"
+        )
+    mine = processes[s.world.rank]
+    assert s.augment is not None
+    s.augment.set_state(mine["augment"])
+    torch.set_rng_state(mine["torch_rng"])
+    if "cuda_rng" in mine and s.runtime.device.type == "cuda":
+        torch.cuda.set_rng_state(mine["cuda_rng"], s.runtime.device)
+
+
+def _train_epochs(s: Session, results: dict | None) -> None:
+    """Train to the end of the plan; rank 0 passes ``results`` and writes them after every
+    epoch, the other processes pass None."""
     cfg, plan = s.cfg, s.plan
     loss_fn = make_loss(cfg.optim.label_smoothing)
     mix = BatchMix.from_config(
@@ -224,23 +314,28 @@ def _train_epochs(s: Session, results: dict) -> None:
         s.model, s.optimizer, s.scheduler, loss_fn, s.runtime, cfg.optim.grad_clip, mix, s.ema
     )
     peak = PeakMemory(s.runtime.device)
-    tally = Tally(s.runtime.device)  # the steps since the last score, across epochs
-    s.folder.write_results(results)
+    # The steps since the last score, across epochs (and across the processes).
+    tally = Tally(s.runtime.device, s.world.sum_ if s.world.distributed else None)
+    if results is not None:
+        s.folder.write_results(results)
     s.stopped_early = _patience_spent(s)
     for epoch in range(s.start_epoch, plan.epochs + 1):
         if s.stopped_early:
             break
         first, last = plan.epoch_steps(epoch)
-        with progress_bar(cfg.train.progress) as progress:
+        with progress_bar(_shows_progress(s)) as progress:
 
             def pause(global_step: int, stats: EpochStats, epoch: int = epoch) -> bool:
-                return _score(s, epoch, global_step, stats, peak, progress)
+                stop = s.world.is_main and _score(s, epoch, global_step, stats, peak, progress)
+                s.stopped_early = s.world.broadcast(stop)  # rank 0's decision, everywhere
+                return s.stopped_early
 
+            assert s.augment is not None
             train_one_epoch(
                 step,
                 s.data.train,
                 s.data.train_transform,
-                generator=s.generator,
+                generator=s.augment,
                 first_step=first,
                 progress=progress,
                 label=f"epoch {epoch}/{plan.epochs}",
@@ -251,11 +346,13 @@ def _train_epochs(s: Session, results: dict) -> None:
             )
         # A checkpoint after every epoch that scored (and the last): a small training set runs
         # many epochs between two scores, and a resume replays from the last checkpoint anyway.
-        scored = s.history and int(s.history[-1]["epoch"]) == epoch
+        scored = plan.scores_in(epoch)
         if cfg.output.checkpoint and (scored or epoch == plan.epochs or s.stopped_early):
             _save(s, epoch)
-        results.update(_summary(s))
-        s.folder.write_results(results)
+        if results is not None:
+            results.update(_summary(s))
+            s.folder.write_results(results)
+    s.world.barrier()  # every process done with its collectives before any leaves
 
 
 def _score(
@@ -299,10 +396,17 @@ def _patience_spent(s: Session) -> bool:
 
 
 def _save(s: Session, epoch: int) -> None:
+    """Rank 0 writes the checkpoint, with every process's random streams where there are
+    several (each sends its own: a collective)."""
+    processes = s.world.gather(_process_state(s)) if s.world.distributed else None
+    if not s.world.is_main:
+        return
     ema_model = s.ema.module if s.ema is not None else None
     best = s.best.weights if s.plan.kind == "early_stopping" else None
     meta = weights_metadata(s.cfg.model.name, s.data)  # preprocessing + classes, in the files
     state = _training_state(s, epoch)
+    if processes is not None:
+        state["processes"] = processes
     save_checkpoint(s.folder.path, epoch, s.model, state, ema_model, best, metadata=meta)
 
 
@@ -319,13 +423,22 @@ def _training_state(s: Session, epoch: int) -> dict:
     return state
 
 
+def _process_state(s: Session) -> dict:
+    """The random streams of this process alone: its augmentation and torch's generators."""
+    assert s.augment is not None
+    state = {"augment": s.augment.get_state(), "torch_rng": torch.get_rng_state()}
+    if s.runtime.device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(s.runtime.device)
+    return state
+
+
 def _final_evaluation(s: Session) -> dict:
     """Metrics on the test split (opened here, and only here) of the weights the run reports:
     the best selection score's under early stopping, else the last (their EMA where kept)."""
     model = _evaluated(s)
     if s.plan.kind == "early_stopping" and s.best.weights is not None:
         model.load_state_dict(s.best.weights)
-    with progress_bar(s.cfg.train.progress) as progress:
+    with progress_bar(_shows_progress(s)) as progress:
         logits, labels = predict_logits(
             model, s.data.open_test(), s.data.eval_transform, runtime=s.runtime, progress=progress
         )
@@ -334,19 +447,26 @@ def _final_evaluation(s: Session) -> dict:
 
 
 def _evaluated(s: Session) -> torch.nn.Module:
-    """The weights that are scored: the EMA when there is one."""
-    return s.ema.module if s.ema is not None else s.model
+    """The weights that are scored: the EMA when there is one. With several processes, the
+    model outside DDP: rank 0 scores alone, and DDP's forward would wait for the others."""
+    if s.ema is not None:
+        return s.ema.module
+    return unwrap(s.model) if s.world.distributed else s.model
+
+
+def _shows_progress(s: Session) -> bool:
+    return s.cfg.train.progress and s.world.is_main
 
 
 # --- results and logs ---------------------------------------------------------------------------
 
 
 def _base_results(s: Session) -> dict:
-    total, trainable = count_parameters(s.model)
+    total, trainable = count_parameters(unwrap(s.model))
     return {
         "status": "running",
         "model": s.cfg.model.name,
-        "family": model_family(s.model),
+        "family": model_family(unwrap(s.model)),
         "data": s.cfg.data.spec,
         "train_fraction": s.cfg.data.train_fraction,
         "trainable_blocks": s.cfg.model.freeze.trainable_blocks,
