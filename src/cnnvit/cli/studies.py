@@ -33,6 +33,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="study folder (default: runs/<study name>); with several studies, their parent "
         "(default: runs/<file name>)",
     )
+    p.add_argument(
+        "--executor",
+        choices=["local", "ray", "slurm"],
+        help="where the cells run: local (one after another here; the default), ray (Ray tasks; "
+        "pip install 'cnnvit[ray]') or slurm (a SLURM job array through submitit; pip install "
+        "'cnnvit[slurm]'); overrides the study's executor.kind. ray and slurm need DIR on a "
+        "filesystem every worker sees",
+    )
+    p.add_argument(
+        "--address",
+        help="the Ray cluster to join (auto, ray://HOST:10001; implies --executor ray); without "
+        "it, --executor ray starts Ray on this machine's cores",
+    )
     add_set_option(p, "recipe.train.epochs=3")
     p.set_defaults(func=cmd_compare)
 
@@ -49,7 +62,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from cnnvit.study.config import load_studies
     from cnnvit.study.run import run_study
 
-    values = {"recipe": {"train": {"progress": False}}} if args.no_progress else {}
+    values: dict = {"recipe": {"train": {"progress": False}}} if args.no_progress else {}
+    executor = {"kind": args.executor or ("ray" if args.address else None), "address": args.address}
+    if any(v is not None for v in executor.values()):
+        values["executor"] = {k: v for k, v in executor.items() if v is not None}
     studies = load_studies(
         args.study, args.overrides, values=values, cuda=torch.cuda.is_available()
     )

@@ -18,6 +18,7 @@ YAML shape::
       train: {epochs: 5, batch_size: 128}
     grid:
       trainable_blocks: [null]     # optional axis; null = everything trainable
+    executor: {kind: local}        # where the cells run: local, ray or slurm (how, not what)
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -193,6 +194,65 @@ def _typed_options(name: str, model: type[AnalysisOptions], value: Any) -> Analy
         raise ValidationError.from_exception_data(err.title, details) from None  # type: ignore[arg-type]
 
 
+class SlurmSettings(StrictModel):
+    """How ``executor.kind: slurm`` submits the cells: one SLURM job array through submitit."""
+
+    cluster: Literal["slurm", "local", "debug"] = Field(
+        "slurm",
+        description="submitit's executor: slurm (sbatch), local (subprocesses of this machine, "
+        "for a try-out) or debug (in this process)",
+    )
+    partition: str | None = Field(None, description="SLURM partition; null = the cluster's default")
+    time_min: int = Field(
+        60,
+        gt=0,
+        description="time limit of one cell's job in minutes (a cell that needs longer "
+        "is requeued and resumes from its checkpoint)",
+    )
+    array_parallelism: int = Field(32, gt=0, description="cells of the array running at once")
+    folder: Path | None = Field(
+        None, description="submitit's job files and logs; null = DIR/slurm (on the shared disk)"
+    )
+    additional: dict[str, str | int] = Field(
+        default_factory=dict,
+        description="further sbatch options, e.g. {account: proj42, qos: normal}",
+    )
+
+
+class ExecutorSettings(StrictModel):
+    """Where the cells run (``cnnvit compare --executor``): how, not what, so changing it keeps
+    the trained cells. ``local`` runs them one after another in this process; ``ray`` runs each
+    as a Ray task (``address``: an existing cluster, ``auto`` or ``ray://host:10001``; none: a
+    Ray instance on this machine's cores); ``slurm`` submits them as a SLURM job array through
+    submitit. The resources are one cell's, and its torch threads are ``cpus_per_cell`` unless
+    the recipe sets ``train.threads``."""
+
+    kind: Literal["local", "ray", "slurm"] = Field(
+        "local", description="local, ray or slurm (pip install 'cnnvit[ray]' / 'cnnvit[slurm]')"
+    )
+    address: str | None = Field(
+        None, description="ray: the cluster to join (auto, ray://HOST:10001); null = start one"
+    )
+    cpus_per_cell: int = Field(1, gt=0, description="CPU cores of one cell (and its threads)")
+    gpus_per_cell: int = Field(0, ge=0, description="GPUs of one cell")
+    memory_per_cell_mb: int | None = Field(
+        None, gt=0, description="memory one cell reserves, in MiB; null = no reservation"
+    )
+    max_retries: int = Field(
+        2, ge=0, description="new attempts of a cell whose worker died (each resumes its run)"
+    )
+    slurm: SlurmSettings = Field(default_factory=SlurmSettings)
+
+    @model_validator(mode="after")
+    def _address_is_rays(self) -> ExecutorSettings:
+        if self.address is not None and self.kind != "ray":
+            raise ValueError(
+                f"executor.address {self.address!r} is a Ray cluster's address; it needs "
+                f"executor kind ray, not {self.kind}"
+            )
+        return self
+
+
 # A study's name is a folder name (runs/<name> by default), never a path.
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -212,6 +272,7 @@ class StudyConfig(StrictModel):
         description="analyses run after training: " + ", ".join(a.name for a in all_analyses()),
     )
     analysis_options: AnalysisSettings = Field(default_factory=AnalysisSettings)
+    executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
 
     @field_validator("analysis")
     @classmethod

@@ -3,39 +3,34 @@
 With ``tuning.enabled`` each model's recipe is searched first (:mod:`cnnvit.study.tuning`,
 trials under ``DIR/tuning/``, run and skipped like cells) and the cells train with the result.
 
-Cells run one after another. A cell that diverges or fails is recorded (its ``results.json``
-says so) and the study goes on. Re-running the same command skips finished cells (completed or
-diverged: both are final for a deterministic recipe), resumes an interrupted one from its last
-checkpoint, and retries a failed one.
+The cells run where ``executor`` says (:mod:`cnnvit.study.executors`: one after another here,
+as Ray tasks, or as a SLURM job array); this process holds the study folder and builds
+everything after training. A cell that diverges or fails is recorded (its ``results.json``
+says so) and the study goes on. Re-running the same command, with any executor, skips finished
+cells (completed or diverged: both are final for a deterministic recipe), resumes an
+interrupted one from its last checkpoint, and retries a failed one.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
-import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cnnvit.config import ProfileConfig
-from cnnvit.folders import FINAL, RunFolder, RunFolderError, StudyFolder, write_text
-from cnnvit.locks import FolderBusyError, writing
+from cnnvit.folders import RunFolder, RunFolderError, StudyFolder, write_text
+from cnnvit.locks import writing
 from cnnvit.profile.profiler import profile_run
 from cnnvit.study.analysis import run_analyses
+from cnnvit.study.cell import CellOutcome, cell_status, run_cell
 from cnnvit.study.config import Cell, StudyConfig, StudyProfile, cells
 from cnnvit.study.disagreements import save_disagreement_images
+from cnnvit.study.executors import Executor, Tracker, open_executor
 from cnnvit.study.tuning import tune
-from cnnvit.train.run import resume, train
-from cnnvit.ui import console, progress_bar
+from cnnvit.ui import console
 
-
-@dataclass(frozen=True)
-class CellOutcome:
-    cell: Cell
-    status: str  # completed | diverged | failed | skipped (finished earlier)
-    seconds: float
+__all__ = ["CellOutcome", "cell_status", "profile_models", "run_cell", "run_study"]
 
 
 def run_study(
@@ -49,7 +44,8 @@ def run_study(
     """Run (or continue) every cell of ``study`` under ``out_dir``, then ``then(out_dir)``
     (the report), as the one process writing the folder (:mod:`cnnvit.locks`: a second
     ``compare`` on it is refused before it touches anything)."""
-    folder = StudyFolder(out_dir)
+    # Workers elsewhere find the run folders by their absolute path (on a shared filesystem).
+    folder = StudyFolder(out_dir if study.executor.kind == "local" else out_dir.resolve())
     with writing(folder.path, folder.lock):
         outcomes = _run_study(study, folder, command=command, progress=progress)
         if then is not None:
@@ -60,26 +56,30 @@ def run_study(
 def _run_study(
     study: StudyConfig, folder: StudyFolder, *, command: str, progress: bool
 ) -> list[CellOutcome]:
-    planned = cells(study, folder.path)  # a study that cannot be laid out claims no folder
-    _claim_folder(study, folder)
-    _write_study_json(folder, study, planned, command, finished=False)
-    tuned = tune(study, folder, lambda trial: run_cell(trial).status)
-    grid = cells(study, folder.path, tuned)
-    outcomes = []
-    with progress_bar(progress) as bar:
-        task = bar.add_task("cells", total=len(grid), rate="") if bar else None
-        for cell in grid:
-            if bar is not None:
-                bar.update(task, rate=cell.id)
-            outcomes.append(run_cell(cell))
-            if bar is not None:
-                bar.advance(task)
+    planned = cells(study, folder.path)  # a study that cannot be laid out claims no folder,
+    with open_executor(study.executor, folder.path) as executor:  # nor one that cannot run
+        _claim_folder(study, folder)
+        _write_study_json(folder, study, planned, command, finished=False)
+
+        def trials(batch: Sequence[Cell]) -> list[str]:
+            return [o.status for o in _run_cells(executor, batch, "trials", progress)]
+
+        tuned = tune(study, folder, trials)
+        grid = cells(study, folder.path, tuned)
+        outcomes = _run_cells(executor, grid, "cells", progress)
     if study.profile.enabled:
         profile_models(study, grid, progress=progress)
     save_disagreement_images(folder)
     run_analyses(study, grid, folder, progress=progress)
     _write_study_json(folder, study, grid, command, finished=True)
     return outcomes
+
+
+def _run_cells(
+    executor: Executor, batch: Sequence[Cell], label: str, progress: bool
+) -> list[CellOutcome]:
+    with Tracker.shown(label, len(batch), progress) as tracker:
+        return executor.run(batch, tracker)
 
 
 def profile_models(study: StudyConfig, grid: list[Cell], *, progress: bool = True) -> None:
@@ -120,52 +120,6 @@ def _profile_config(settings: StudyProfile, cell: Cell) -> ProfileConfig:
     return ProfileConfig(**values)
 
 
-def run_cell(cell: Cell) -> CellOutcome:
-    """Train one cell, or skip/resume it according to what its folder already holds."""
-    run = RunFolder(cell.config.output.dir)
-    status = run.status()
-    start = time.perf_counter()
-    if status in FINAL:
-        console.print(f"[dim]{cell.id}: {status} earlier, skipped[/]")
-        return CellOutcome(cell, "skipped", 0.0)
-    console.rule(f"{cell.id}")
-    try:
-        if run.latest_checkpoint() is not None:
-            results = resume(run.path)
-        else:
-            # A folder without a checkpoint holds nothing worth keeping (killed in epoch 1).
-            shutil.rmtree(run.path, ignore_errors=True)
-            results = train(cell.config)
-        status = results["status"]
-    except (KeyboardInterrupt, RunFolderError, FolderBusyError):  # the folder is not ours to mark
-        raise
-    except Exception as err:  # a failing cell must not stop the study
-        status = "failed"
-        _record_failure(cell, run, err)
-    return CellOutcome(cell, status, time.perf_counter() - start)
-
-
-def cell_status(run_dir: Path) -> str | None:
-    """The status in a cell's results.json, or None where it has none."""
-    return RunFolder(run_dir).status()
-
-
-def _record_failure(cell: Cell, run: RunFolder, err: Exception) -> None:
-    """Make sure a failed cell has a results.json that says why, even if it never started."""
-    console.print(f"[red]{cell.id} failed:[/] {type(err).__name__}: {err}")
-    results = run.read_results() or {}
-    results.update(
-        status="failed",
-        error=results.get("error") or f"{type(err).__name__}: {err}",
-        model=cell.config.model.name,
-        train_fraction=cell.fraction,
-        seed=cell.seed,
-        trainable_blocks=cell.trainable_blocks,
-    )
-    run.write_results(results)
-    write_text(run.traceback, "".join(traceback.format_exception(err)))
-
-
 def _claim_folder(study: StudyConfig, folder: StudyFolder) -> None:
     """Write study.yaml, refusing a folder that holds a different study (its results stay)."""
     folder.path.mkdir(parents=True, exist_ok=True)
@@ -185,10 +139,12 @@ def _claim_folder(study: StudyConfig, folder: StudyFolder) -> None:
 # Settings of the stages after training: changing them keeps the trained cells (a re-run
 # profiles or analyses what is new) instead of refusing the folder.
 AFTER_TRAINING = ("profile", "analysis", "analysis_options")
+# Where the cells run is how, not what: a study re-run with another executor keeps its cells.
+HOW_IT_RUNS = ("executor",)
 
 
 def _trained_part(config: dict) -> dict:
-    part = {k: v for k, v in config.items() if k not in AFTER_TRAINING}
+    part = {k: v for k, v in config.items() if k not in AFTER_TRAINING + HOW_IT_RUNS}
     # Progress bars (--no-progress) change what is shown, not what is trained.
     recipe = dict(part.get("recipe") or {})
     recipe["train"] = {k: v for k, v in (recipe.get("train") or {}).items() if k != "progress"}

@@ -6,21 +6,24 @@ interrupted one resumes. A trial's score is its best selection-split accuracy; a
 diverged or failed scores below every finished one. The grid is every ``lr`` × ``weight_decay``;
 with ``trials``, Optuna's TPE sampler proposes them from the grid's ranges (log-uniform), seeded,
 and a re-run replays the finished trials' scores into it so it proposes the same ones again.
+The grid's trials of every model go to the study's executor at once (side by side on Ray or
+SLURM); Optuna's run one at a time, each proposed from the scores before it.
 ``tuning.json`` records every trial and the chosen setting per model.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cnnvit.folders import RunFolder, StudyFolder
 from cnnvit.study.config import Cell, StudyConfig, StudyModel, Tuning, cell_config
 
-# Runs a trial (or skips it when finished) and returns its status.
-RunTrial = Callable[[Cell], str]
+# Runs trials (side by side where the executor can; each skipped when finished) and returns
+# their statuses in the same order.
+RunTrials = Callable[[Sequence[Cell]], list[str]]
 SCORE = "best_selection_acc"
 
 
@@ -41,7 +44,7 @@ def _short(key: str) -> str:
 
 
 def tune(
-    study: StudyConfig, folder: StudyFolder, run_trial: RunTrial
+    study: StudyConfig, folder: StudyFolder, run_trials: RunTrials
 ) -> dict[str, dict[str, float]]:
     """Search every model's setting (when ``study.tuning.enabled``); write tuning.json; return
     each model's chosen keys by display label (empty when tuning is off)."""
@@ -50,11 +53,24 @@ def tune(
         return {}
     fraction = settings.fraction if settings.fraction is not None else min(study.fractions)
     seed = settings.seed if settings.seed is not None else study.seeds[0]
-    records, chosen = [], {}
+    if settings.trials is None:  # a grid: every point of every model at once
+        batch = [
+            _trial(study, model, fraction, seed, setting, folder)
+            for model in study.models
+            for setting in grid(settings)
+        ]
+        records = [_record(t, status) for t, status in zip(batch, run_trials(batch), strict=True)]
+    else:  # Optuna: each model's trials in turn, each proposed from the scores before it
+        records = [
+            record
+            for model in study.models
+            for record in _optuna_search(
+                settings, _attempt(study, model, fraction, seed, folder, run_trials)
+            )
+        ]
+    chosen = {}
     for model in study.models:
-        tried = list(_search(study, model, fraction, seed, folder, run_trial))
-        records += tried
-        finished = [r for r in tried if r["score"] is not None]
+        finished = [r for r in records if r["model"] == model.display and r["score"] is not None]
         if finished:
             best = max(finished, key=lambda r: r["score"])  # the first of equals: grid order
             chosen[model.display] = dict(best["setting"])
@@ -71,26 +87,22 @@ def tune(
     return chosen
 
 
-def _search(
+def _attempt(
     study: StudyConfig,
     model: StudyModel,
     fraction: float,
     seed: int,
     folder: StudyFolder,
-    run_trial: RunTrial,
-) -> Iterator[dict[str, Any]]:
-    settings = study.tuning
+    run_trials: RunTrials,
+) -> Callable[[dict[str, float]], dict[str, Any]]:
+    """One trial of a sequential search: run the setting, return its record."""
 
     def attempt(setting: dict[str, float]) -> dict[str, Any]:
         trial = _trial(study, model, fraction, seed, setting, folder)
-        status = run_trial(trial)
+        (status,) = run_trials([trial])
         return _record(trial, status)
 
-    if settings.trials is None:
-        for setting in grid(settings):
-            yield attempt(setting)
-        return
-    yield from _optuna_search(settings, attempt)
+    return attempt
 
 
 def grid(settings: Tuning) -> list[dict[str, float]]:
