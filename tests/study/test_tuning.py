@@ -8,6 +8,7 @@ import pytest
 
 from cnnvit.config import load_yaml, validate_config
 from cnnvit.folders import StudyFolder
+from cnnvit.study import cell as study_cell
 from cnnvit.study import run as study_run
 from cnnvit.study.config import StudyConfig, Tuning
 from cnnvit.study.tuning import grid
@@ -68,8 +69,8 @@ def test_a_rerun_does_not_redo_finished_trials(tuned: Path, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a finished trial or cell was trained again")
 
-    monkeypatch.setattr(study_run, "train", no_training)
-    monkeypatch.setattr(study_run, "resume", no_training)
+    monkeypatch.setattr(study_cell, "train", no_training)
+    monkeypatch.setattr(study_cell, "resume", no_training)
     before = (tuned / "tuning" / "tuning.json").read_text()
     study_run.run_study(_study(lr=[30.0, 3e-3]), tuned, command="test", progress=False)
     assert (tuned / "tuning" / "tuning.json").read_text() == before
@@ -101,8 +102,8 @@ def test_an_optuna_search_proposes_the_same_trials_again_and_skips_them(tmp_path
     def no_training(*args, **kwargs):
         raise AssertionError("a finished trial was trained again")
 
-    monkeypatch.setattr(study_run, "train", no_training)
-    monkeypatch.setattr(study_run, "resume", no_training)
+    monkeypatch.setattr(study_cell, "train", no_training)
+    monkeypatch.setattr(study_cell, "resume", no_training)
     study_run.run_study(study, out, command="test", progress=False)
     again = json.loads((out / "tuning" / "tuning.json").read_text())
     assert [t["setting"]["lr"] for t in again["trials"]] == rates  # replayed, not redrawn
