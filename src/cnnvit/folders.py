@@ -349,6 +349,23 @@ class RunFolder:
             )
         return pd.read_parquet(self.predictions, columns=list(columns) if columns else None)
 
+    def read_prediction_arrays(self, columns: Sequence[str]) -> dict[str, np.ndarray]:
+        """Columns of predictions.parquet as NumPy arrays, by name: what
+        :meth:`read_predictions` gives, a few times faster (no DataFrame; a reader of thousands
+        of run folders, like the report's pairing, spends its time there). A file it cannot
+        read as asked goes through :meth:`read_predictions`, which raises as it always has."""
+        import pyarrow.parquet as pq
+
+        columns = list(columns)
+        try:
+            table = pq.ParquetFile(self.predictions).read(columns=columns, use_threads=False)
+        except Exception:  # missing, damaged: the slow path below says why
+            table = None
+        if table is None or table.column_names != columns:  # it leaves out missing columns
+            frame = self.read_predictions(columns)
+            return {c: frame[c].to_numpy() for c in columns}
+        return {c: table.column(c).to_numpy() for c in columns}
+
     # checkpoints
     def checkpoint(self, epoch: int) -> CheckpointFiles:
         return CheckpointFiles(self.checkpoints / f"epoch-{epoch:04d}", epoch)

@@ -178,7 +178,7 @@ def study_agreement(data: StudyData, families: Mapping[str, str] | None = None) 
 
 
 def _cells_with_predictions(data: StudyData) -> pd.DataFrame:
-    runs = {c.id: c.run_dir for c in data.info.cells}
+    runs = data.info.run_dirs
     done = data.results[data.results["status"] == "completed"]
     has = [c in runs and RunFolder(runs[c]).predictions.is_file() for c in done["cell"]]
     return done[np.asarray(has, dtype=bool)] if len(done) else done
@@ -255,8 +255,8 @@ def _compare(
 
 def _predictions(data: StudyData, cell: str, cache: dict[str, pd.DataFrame]) -> pd.DataFrame:
     if cell not in cache:
-        run_dir = {c.id: c.run_dir for c in data.info.cells}[cell]
-        cache[cell] = RunFolder(run_dir).read_predictions()
+        # One lookup, not a mapping of every cell per call: that made the section quadratic.
+        cache[cell] = RunFolder(data.info.run_dirs[cell]).read_predictions()
     return cache[cell]
 
 

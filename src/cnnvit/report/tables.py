@@ -158,7 +158,7 @@ def final_metrics_table(data: StudyData) -> pd.DataFrame:
 
 def cells_table(data: StudyData) -> pd.DataFrame:
     """Every cell with its status and, where it failed or diverged, the error text."""
-    runs = {c.id: c.run_dir for c in data.info.cells}
+    runs = data.info.run_dirs
     table = data.results.copy()
     table["run_dir"] = [
         _relative(runs[c], data.info.root) if c in runs else "" for c in table["cell"]
