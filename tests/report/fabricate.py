@@ -423,11 +423,10 @@ def scale_accuracy(model: str, fraction: float, seed: int) -> float:
     """A saturating power law in the training images, as learning curves tend to be (test error
     ``c + a·(n/1000)^(−b)``: the ViT starts worse and gains more from data), with a bounded seed
     effect, so that any number of seeds keeps every accuracy below 1."""
-    n = fraction * FULL_TRAIN / 1000
-    if model.startswith("resnet"):
-        error = 0.08 + 0.10 * n**-0.4
-    else:
-        error = 0.05 + 0.16 * n**-0.55
+    floor, amplitude, exponent = (
+        (0.08, 0.10, 0.4) if model.startswith("resnet") else (0.05, 0.16, 0.55)
+    )
+    error = floor + amplitude * (fraction * FULL_TRAIN / 1000) ** -exponent
     return 1 - error + 0.004 * (seed % 5 - 2)
 
 
