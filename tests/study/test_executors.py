@@ -18,6 +18,7 @@ from cnnvit.errors import UserError
 from cnnvit.folders import RunFolder
 from cnnvit.study.config import cells, load_study
 from cnnvit.study.executors.base import (
+    CellResources,
     CellWork,
     MissingExtraError,
     Probe,
@@ -209,12 +210,52 @@ def test_slurm_jobs_ask_for_what_the_study_says(tmp_path: Path, monkeypatch: pyt
     ).executor
     work = CellWork(Probe(tmp_path / ".cnnvit-probe", "t"), settings.cpus_per_cell)
     with slurm_executor(settings, work, tmp_path / "out") as executor:
-        sbatch = executor.pool.executor._executor._make_submission_file_text("CMD", "0")
-        parameters = executor.pool.executor._executor.parameters
+        one = executor.pool.executor(CellResources(1, 1))._executor
+        sbatch = one._make_submission_file_text("CMD", "0")
+        # a cell on 2 processes (train.nproc: 2) is a job of 2 CPUs and 2 GPUs
+        two = executor.pool.executor(CellResources(2, 2))._executor
+        sbatch_two = two._make_submission_file_text("CMD", "0")
     for line in ("partition=gpu", "time=30", "gpus-per-node=1", "mem=8GB", "account=proj42"):
         assert f"#SBATCH --{line}\n" in sbatch
-    assert parameters["array_parallelism"] == 4
+    assert "#SBATCH --cpus-per-task=1\n" in sbatch
+    assert one.parameters["array_parallelism"] == 4
     assert f"--output {tmp_path}/out/slurm/" in sbatch  # the logs on the study's (shared) disk
+    for line in ("gpus-per-node=2", "cpus-per-task=2", "partition=gpu", "account=proj42"):
+        assert f"#SBATCH --{line}\n" in sbatch_two
+
+
+def test_a_cell_on_several_processes_reserves_a_cpu_share_and_a_gpu_for_each(tmp_path: Path):
+    study = _write_study(tmp_path / "study.yaml", models="[resnet_mini, vit_mini]")
+    study.write_text(  # vit_mini alone trains on 4 processes
+        study.read_text().replace(
+            "models: [resnet_mini, vit_mini]",
+            "models: [resnet_mini, {name: vit_mini, train: {nproc: 4}}]",
+        )
+    )
+    (tmp_path / "out").mkdir()
+    for gpus, expected in (
+        (0, {"resnet_mini": (2, 0), "vit_mini": (8, 0)}),
+        (1, {"resnet_mini": (2, 1), "vit_mini": (8, 4)}),
+        (6, {"resnet_mini": (2, 6), "vit_mini": (8, 6)}),
+    ):
+        settings = load_study(
+            study,
+            ["executor.kind=ray", "executor.cpus_per_cell=2", f"executor.gpus_per_cell={gpus}"],
+        )
+        grid = cells(settings, tmp_path / "out")
+        got = {c.model: CellResources.of(settings.executor, c) for c in grid}
+        assert {m: (r.cpus, r.gpus) for m, r in got.items()} == expected
+
+
+def test_a_cell_larger_than_this_machines_ray_is_refused_in_one_line(
+    local_ray, tmp_path: Path, capsys
+):
+    study = _write_study(tmp_path / "study.yaml", models="[resnet_mini]")
+    flags = ["--executor", "ray", "--set", "recipe.train.nproc=4"]
+    assert _compare(study, tmp_path / "out", *flags) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "a cell asks for 4 CPUs and 0 GPUs" in err and "the largest Ray node has 2 CPUs" in err
+    assert not (tmp_path / "out" / "runs").exists()  # nothing was trained
 
 
 def test_slurm_where_there_is_none_is_refused_in_one_line_before_the_folder_is_claimed(

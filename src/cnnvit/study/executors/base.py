@@ -5,6 +5,7 @@ the progress of a batch of cells."""
 from __future__ import annotations
 
 import importlib
+import os
 import secrets
 import socket
 from collections import deque
@@ -21,7 +22,7 @@ from cnnvit.errors import UserError
 from cnnvit.folders import FINAL, RunFolder
 from cnnvit.runtime import num_threads
 from cnnvit.study.cell import CellOutcome, cell_status, record_failure, run_cell
-from cnnvit.study.config import Cell
+from cnnvit.study.config import Cell, ExecutorSettings
 from cnnvit.ui import console, progress_bar
 
 
@@ -82,6 +83,22 @@ class Tracker:
             self.bar.update(self.task, advance=1, rate=f"{outcome.cell.id}: {outcome.status}")
 
 
+@dataclass(frozen=True)
+class CellResources:
+    """What one cell reserves on a worker. A cell that trains on several processes
+    (``train.nproc`` N, torchrun on the worker's node) reserves ``cpus_per_cell`` CPUs for each
+    and, where it asks for GPUs at all, at least N GPUs: one per process."""
+
+    cpus: int
+    gpus: int
+
+    @classmethod
+    def of(cls, settings: ExecutorSettings, cell: Cell) -> CellResources:
+        nproc = cell.config.train.nproc
+        gpus = max(settings.gpus_per_cell, nproc) if settings.gpus_per_cell else 0
+        return cls(cpus=settings.cpus_per_cell * nproc, gpus=gpus)
+
+
 # --- the worker's side --------------------------------------------------------------------------
 
 
@@ -129,12 +146,28 @@ class CellWork:
     threads: int
 
     def __call__(self, cell: Cell) -> CellOutcome | UserError:
+        threads = cell.config.train.threads or self.threads
         try:
             self.probe.check()
-            with num_threads(cell.config.train.threads or self.threads):
+            with num_threads(threads), _child_threads(threads):
                 return run_cell(cell)
         except UserError as err:
             return err
+
+
+@contextmanager
+def _child_threads(threads: int) -> Iterator[None]:
+    """``OMP_NUM_THREADS`` = ``threads`` for the processes the cell starts (torchrun's, where it
+    trains on several: each gets a share of the cores reserved for it, not the whole node's)."""
+    before = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = before
 
 
 # --- the driver's side --------------------------------------------------------------------------

@@ -1,8 +1,9 @@
-"""``ray``: each cell a Ray task that reserves ``cpus_per_cell`` CPUs, ``gpus_per_cell`` GPUs
-and ``memory_per_cell_mb``, on a cluster the driver joins (``address``) or on a Ray instance it
-starts on this machine's cores. Ray does not retry the tasks itself: the driver's loop
-(:func:`~cnnvit.study.executors.base.run_in_pool`) does, after releasing the dead attempt's
-folder lock."""
+"""``ray``: each cell a Ray task that reserves its CPUs and GPUs (``cpus_per_cell``,
+``gpus_per_cell``, and one GPU per process of a cell that trains on several:
+:class:`~cnnvit.study.executors.base.CellResources`) and ``memory_per_cell_mb``, on a cluster
+the driver joins (``address``) or on a Ray instance it starts on this machine's cores. Ray does
+not retry the tasks itself: the driver's loop (:func:`~cnnvit.study.executors.base.run_in_pool`)
+does, after releasing the dead attempt's folder lock."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from cnnvit.study.cell import CellOutcome
 from cnnvit.study.config import Cell, ExecutorSettings
 from cnnvit.study.executors.base import (
     CellError,
+    CellResources,
     CellWork,
     Tracker,
     WorkerDiedError,
@@ -53,23 +55,25 @@ class RayPool:
         self.settings, self.work = settings, work
         self.connected_here = False
         self.task = ray.remote(_run_on_worker)
-        self.options: dict[str, Any] = {
-            "num_cpus": settings.cpus_per_cell,
-            "num_gpus": settings.gpus_per_cell,
-            "max_retries": 0,  # retried by the driver: see base.release_dead_marker
-        }
-        if settings.memory_per_cell_mb is not None:
-            self.options["memory"] = settings.memory_per_cell_mb * 2**20
 
     def submit(self, cells: Sequence[Cell]) -> list[Any]:
         if not ray.is_initialized():
             _connect(self.settings.address)
             self.connected_here = True
-            _check_fits(self.settings)
-        return [
-            self.task.options(name=f"cnnvit {c.id}", **self.options).remote(self.work, c)
-            for c in cells
-        ]
+        _check_fits(self.settings, {CellResources.of(self.settings, c) for c in cells})
+        return [self.task.options(**self._options(c)).remote(self.work, c) for c in cells]
+
+    def _options(self, cell: Cell) -> dict[str, Any]:
+        wanted = CellResources.of(self.settings, cell)
+        options: dict[str, Any] = {
+            "name": f"cnnvit {cell.id}",
+            "num_cpus": wanted.cpus,
+            "num_gpus": wanted.gpus,
+            "max_retries": 0,  # retried by the driver: see base.release_dead_marker
+        }
+        if self.settings.memory_per_cell_mb is not None:
+            options["memory"] = self.settings.memory_per_cell_mb * 2**20
+        return options
 
     def finished(self, handles: Sequence[Any]) -> list[tuple[Any, Any]]:
         ready, _ = ray.wait(list(handles), num_returns=1)
@@ -123,8 +127,9 @@ def _connect(address: str | None) -> None:
             "env_vars": {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
         },
     }
-    if address is None:  # a Ray of this machine's cores, for this command only
-        ray.init(include_dashboard=False, **quiet)
+    if address is None:  # a Ray of this machine's cores, for this command only ("local": not
+        # whichever cluster this machine last started, as a bare ray.init() would join)
+        ray.init(address="local", include_dashboard=False, **quiet)
         return
     try:
         ray.init(address=address, **quiet)
@@ -132,18 +137,19 @@ def _connect(address: str | None) -> None:
         raise UserError(f"cannot join the Ray cluster at {address}: {_first_line(err)}") from None
 
 
-def _check_fits(settings: ExecutorSettings) -> None:
-    """A cell must fit on one node, or Ray would queue it forever."""
-    wanted = {"CPU": settings.cpus_per_cell, "GPU": settings.gpus_per_cell}
+def _check_fits(settings: ExecutorSettings, wanted: set[CellResources]) -> None:
+    """Each cell must fit on one node, or Ray would queue it forever."""
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    if any(all(node.get(k, 0) >= v for k, v in wanted.items()) for node in nodes):
+    for cell in sorted(wanted, key=lambda r: (r.cpus, r.gpus), reverse=True):
+        if any(n.get("CPU", 0) >= cell.cpus and n.get("GPU", 0) >= cell.gpus for n in nodes):
+            continue
+        largest = max(((n.get("CPU", 0), n.get("GPU", 0)) for n in nodes), default=(0, 0))
+        message = (
+            f"a cell asks for {cell.cpus} CPUs and {cell.gpus} GPUs (executor.cpus_per_cell, "
+            "executor.gpus_per_cell, times train.nproc where a cell trains on several "
+            f"processes), but the largest Ray node has {largest[0]:g} CPUs and {largest[1]:g} GPUs"
+        )
+        if settings.address is None:
+            raise UserError(message)
+        console.print(f"[yellow]{message}; the cells wait for the cluster to add such a node[/]")
         return
-    largest = max((node.get("CPU", 0), node.get("GPU", 0)) for node in nodes) if nodes else (0, 0)
-    message = (
-        f"a cell asks for {settings.cpus_per_cell} CPUs and {settings.gpus_per_cell} GPUs "
-        f"(executor.cpus_per_cell, executor.gpus_per_cell), but the largest Ray node has "
-        f"{largest[0]:g} CPUs and {largest[1]:g} GPUs"
-    )
-    if settings.address is None:
-        raise UserError(message)
-    console.print(f"[yellow]{message}; the cells wait for the cluster to add such a node[/]")

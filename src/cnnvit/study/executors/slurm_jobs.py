@@ -22,6 +22,7 @@ from cnnvit.study.cell import CellOutcome
 from cnnvit.study.config import Cell, ExecutorSettings
 from cnnvit.study.executors.base import (
     CellError,
+    CellResources,
     CellWork,
     Tracker,
     WorkerDiedError,
@@ -35,17 +36,33 @@ class RequeuedCellWork(CellWork, submitit.helpers.Checkpointable):
 
 
 class SlurmPool:
-    def __init__(self, executor: submitit.AutoExecutor, work: CellWork, parallel: int) -> None:
-        self.executor = executor
+    def __init__(self, settings: ExecutorSettings, work: CellWork, folder: Path) -> None:
+        self.settings, self.folder = settings, folder
         self.work = RequeuedCellWork(work.probe, work.threads)
-        on_slurm = executor.cluster == "slurm"
-        # SLURM runs `parallel` jobs of an array at a time; submitit's local executor starts
-        # every job it is given, so the driver gives it that many at a time.
-        self.max_in_flight = None if on_slurm else parallel
+        self.cluster = settings.slurm.cluster
+        # One submitit executor per set of resources that cells ask for (a cell that trains on
+        # several processes asks for more): submitit gives one array's jobs the same sbatch.
+        self.executors: dict[CellResources, submitit.AutoExecutor] = {}
+        on_slurm = self.cluster == "slurm"
+        # SLURM runs `array_parallelism` jobs of an array at a time; submitit's local executor
+        # starts every job it is given, so the driver gives it that many at a time.
+        self.max_in_flight = None if on_slurm else settings.slurm.array_parallelism
         self.poll_s = 15.0 if on_slurm else 0.5  # submitit asks sacct at most every few s
 
+    def executor(self, wanted: CellResources) -> submitit.AutoExecutor:
+        if wanted not in self.executors:
+            self.executors[wanted] = _submitit_executor(self.settings, wanted, self.folder)
+        return self.executors[wanted]
+
     def submit(self, cells: Sequence[Cell]) -> list[Any]:
-        return self.executor.map_array(self.work, list(cells))  # one job array
+        groups: dict[CellResources, list[Cell]] = {}
+        for cell in cells:
+            groups.setdefault(CellResources.of(self.settings, cell), []).append(cell)
+        jobs: dict[str, Any] = {}
+        for wanted, group in groups.items():  # one job array per set of resources
+            arrayed = self.executor(wanted).map_array(self.work, group)
+            jobs.update((c.id, job) for c, job in zip(group, arrayed, strict=True))
+        return [jobs[c.id] for c in cells]
 
     def finished(self, handles: Sequence[Any]) -> list[tuple[Any, Any]]:
         while True:
@@ -88,6 +105,17 @@ def slurm_executor(
 ) -> Iterator[SlurmExecutor]:
     s = settings.slurm
     folder = Path(s.folder) if s.folder is not None else study_dir.resolve() / "slurm"
+    pool = SlurmPool(settings, work, folder)
+    pool.executor(CellResources(settings.cpus_per_cell, settings.gpus_per_cell))  # refused here?
+    yield SlurmExecutor(settings, pool)
+
+
+def _submitit_executor(
+    settings: ExecutorSettings, wanted: CellResources, folder: Path
+) -> submitit.AutoExecutor:
+    """submitit's executor for the jobs of cells that ask for ``wanted``; logs, scripts and
+    pickles under ``folder`` (on the study's shared disk)."""
+    s = settings.slurm
     try:
         executor = submitit.AutoExecutor(folder=folder / "%j", cluster=s.cluster)
     except RuntimeError as err:  # no srun: not a SLURM machine
@@ -99,11 +127,11 @@ def slurm_executor(
     executor.update_parameters(
         name="cnnvit",
         timeout_min=s.time_min,
-        cpus_per_task=settings.cpus_per_cell,
-        gpus_per_node=settings.gpus_per_cell or None,  # no --gpus-per-node=0 for CPU partitions
+        cpus_per_task=wanted.cpus,
+        gpus_per_node=wanted.gpus or None,  # no --gpus-per-node=0 for CPU partitions
         mem_gb=memory / 1024 if memory is not None else None,
         slurm_partition=s.partition,
         slurm_array_parallelism=s.array_parallelism,
         slurm_additional_parameters=dict(s.additional) or None,
     )
-    yield SlurmExecutor(settings, SlurmPool(executor, work, s.array_parallelism))
+    return executor
