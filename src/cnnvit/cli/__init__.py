@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from cnnvit.cli import analyses, listing, runs, studies
+from cnnvit.cli import analyses, hub, listing, runs, studies
 from cnnvit.errors import UserError
 
 __all__ = ["build_parser", "main"]
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyses.add_commands(sub)  # explain, similarity, knn, shape-bias, robustness, ...
     studies.add_commands(sub)  # compare, report
     listing.add_commands(sub)  # models, recipes, datasets
+    hub.add_commands(sub)  # hub-folder
     return parser
 
 
