@@ -188,6 +188,24 @@ def test_a_missing_engine_is_one_line_with_the_install_command(
     assert not out.exists()  # refused before the folder was claimed
 
 
+def test_a_ray_cluster_that_is_not_there_is_refused_before_the_folder_is_claimed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    def no_cluster(address=None, **_):
+        raise ConnectionError(f"Could not find any running Ray instance at {address}.\nMore.")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", no_cluster)
+    out = tmp_path / "out"
+    assert _compare(_write_study(tmp_path / "study.yaml"), out, "--address", "head:6379") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(
+        "cannot join the Ray cluster at head:6379: Could not find any running Ray instance at "
+        "head:6379."
+    )
+    assert len(err.splitlines()) == 1 and not out.exists()
+
+
 def test_slurm_jobs_ask_for_what_the_study_says(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from cnnvit.study.executors.slurm_jobs import slurm_executor
 

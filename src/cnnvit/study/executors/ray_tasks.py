@@ -56,10 +56,13 @@ class RayPool:
         self.connected_here = False
         self.task = ray.remote(_run_on_worker)
 
-    def submit(self, cells: Sequence[Cell]) -> list[Any]:
+    def connect(self) -> None:
         if not ray.is_initialized():
             _connect(self.settings.address)
             self.connected_here = True
+
+    def submit(self, cells: Sequence[Cell]) -> list[Any]:
+        self.connect()
         _check_fits(self.settings, {CellResources.of(self.settings, c) for c in cells})
         return [self.task.options(**self._options(c)).remote(self.work, c) for c in cells]
 
@@ -109,10 +112,14 @@ class RayExecutor:
 
 @contextmanager
 def ray_executor(settings: ExecutorSettings, work: CellWork) -> Iterator[RayExecutor]:
-    """The executor on the Ray this process is connected to, else on one it joins (``address``)
-    or starts when the first cell is submitted, and leaves afterwards."""
+    """The executor on the Ray this process is connected to, else on the cluster at ``address``
+    (joined at once: a wrong address is refused before the study folder is claimed) or on a Ray
+    started when the first cell is submitted (a study whose cells are all finished starts
+    none); it leaves what it joined or started afterwards."""
     executor = RayExecutor(settings, work)
     try:
+        if settings.address is not None:
+            executor.pool.connect()
         yield executor
     finally:
         if executor.pool.connected_here:
