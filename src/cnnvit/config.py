@@ -11,10 +11,11 @@ import difflib
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -266,9 +267,38 @@ class InferenceConfig(RuntimeConfig):
     num_workers: int = Field(2, ge=0, description="decoding workers")
 
 
+# The experiment trackers a run can log to (cnnvit.train.trackers); each is an optional extra.
+Logger = Literal["tensorboard", "mlflow", "wandb"]
+
+
+def _distinct_loggers(value: list[str]) -> list[str]:
+    if len(set(value)) != len(value):
+        raise ValueError(f"output.loggers names a tracker twice: {value}")
+    return value
+
+
+# A list of trackers, each named once (the run's and a study recipe's ``output.loggers``).
+Loggers = Annotated[list[Logger], AfterValidator(_distinct_loggers)]
+
+
 class OutputConfig(StrictModel):
     dir: Path | None = Field(None, description="run folder; None = runs/<model>-<data>-<time>")
     checkpoint: bool = Field(True, description="write a checkpoint after every epoch")
+    loggers: Loggers = Field(
+        default_factory=list,
+        description="experiment trackers to log to: tensorboard, mlflow, wandb (each an extra: "
+        "pip install 'cnnvit[tensorboard]')",
+    )
+    tracker_group: str | None = Field(
+        None,
+        description="MLflow experiment and W&B group of the run (a study sets its name); "
+        "None = MLflow experiment 'cnnvit', no W&B group",
+    )
+    tracker_dir: Path | None = Field(
+        None,
+        description="folder of the TensorBoard logs (tensorboard/) and the MLflow store "
+        "(mlflow.db); None = the run folder (a study sets its own folder)",
+    )
 
 
 class RunConfig(StrictModel):
@@ -441,7 +471,8 @@ def read_run_config(path: Path) -> RunConfig:
 
 
 # What ``train --resume`` may change: how the run is shown, not what it trains.
-RESUME_MAY_CHANGE = ("train.progress",)
+# Where a run is shown, not what it trains: a resumed run may log to other trackers.
+RESUME_MAY_CHANGE = ("train.progress", "output.loggers")
 
 
 def resumed_config(

@@ -38,6 +38,7 @@ from cnnvit.config import (
     ConfigError,
     DataConfig,
     FreezeConfig,
+    Loggers,
     OptimConfig,
     ProfileConfig,
     RunConfig,
@@ -53,6 +54,17 @@ from cnnvit.models import family_of_name
 from cnnvit.presets import deep_merge
 
 
+class RecipeOutput(StrictModel):
+    """What every cell's run logs to, besides its run folder."""
+
+    loggers: Loggers = Field(
+        default_factory=list,
+        description="experiment trackers (tensorboard, mlflow, wandb): TensorBoard logs in "
+        "DIR/tensorboard/<cell>, one MLflow experiment (DIR/mlflow.db) and one W&B group, "
+        "each named after the study",
+    )
+
+
 class Recipe(StrictModel):
     """The optimisation and training settings every cell starts from."""
 
@@ -61,6 +73,7 @@ class Recipe(StrictModel):
     )
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    output: RecipeOutput = Field(default_factory=RecipeOutput)
 
 
 class StudyModel(StrictModel):
@@ -429,11 +442,19 @@ def cells(study: StudyConfig, out_dir: Path, tuned: Tuned | None = None) -> list
                     cfg = cell_config(study, model, fraction, seed, depth, optim)
                     cell = Cell(model.display, fraction, seed, depth, cfg)
                     cfg.output.dir = out_dir / "runs" / cell.id
+                    _log_as_cell(cfg, study, out_dir)
                     out.append(cell)
     ids = [c.id for c in out]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"model labels {[m.display for m in study.models]} give clashing folders")
     return out
+
+
+def _log_as_cell(cfg: RunConfig, study: StudyConfig, out_dir: Path) -> None:
+    """The cell logs to the study's trackers, grouped by the study (tuning trials do not)."""
+    cfg.output.loggers = list(study.recipe.output.loggers)
+    cfg.output.tracker_group = study.name
+    cfg.output.tracker_dir = out_dir
 
 
 def cell_config(

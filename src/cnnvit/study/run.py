@@ -28,6 +28,7 @@ from cnnvit.study.config import Cell, StudyConfig, StudyProfile, cells
 from cnnvit.study.disagreements import save_disagreement_images
 from cnnvit.study.executors import Executor, Tracker, open_executor
 from cnnvit.study.tuning import tune
+from cnnvit.train.trackers import require_trackers
 from cnnvit.ui import console
 
 __all__ = ["CellOutcome", "cell_status", "profile_models", "run_cell", "run_study"]
@@ -44,6 +45,7 @@ def run_study(
     """Run (or continue) every cell of ``study`` under ``out_dir``, then ``then(out_dir)``
     (the report), as the one process writing the folder (:mod:`cnnvit.locks`: a second
     ``compare`` on it is refused before it touches anything)."""
+    require_trackers(study.recipe.output.loggers)  # a missing one is refused before any cell
     # Workers elsewhere find the run folders by their absolute path (on a shared filesystem).
     folder = StudyFolder(out_dir if study.executor.kind == "local" else out_dir.resolve())
     with writing(folder.path, folder.lock):
@@ -148,6 +150,7 @@ def _trained_part(config: dict) -> dict:
     # Progress bars (--no-progress) change what is shown, not what is trained.
     recipe = dict(part.get("recipe") or {})
     recipe["train"] = {k: v for k, v in (recipe.get("train") or {}).items() if k != "progress"}
+    recipe.pop("output", None)  # nor do the trackers the cells log to
     part["recipe"] = recipe
     return part
 

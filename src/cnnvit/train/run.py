@@ -57,6 +57,7 @@ from cnnvit.train.loop import (
     train_one_epoch,
 )
 from cnnvit.train.optim import build_optimizer, build_scheduler, current_lr
+from cnnvit.train.trackers import Trackers, open_trackers, require_trackers
 from cnnvit.ui import console, progress_bar
 
 # One row per selection score: after every epoch (budget `epochs`), or at evenly spaced steps.
@@ -95,6 +96,7 @@ class Session:
     stopped_early: bool = False
     world: World = field(default_factory=World)  # this process among the run's
     augment: torch.Generator | None = None  # augmentation's and mixing's (this process's own)
+    trackers: Trackers = field(default_factory=Trackers)  # output.loggers (rank 0's alone)
 
 
 # Which split each number of results.json comes from.
@@ -115,6 +117,7 @@ def train(cfg: RunConfig) -> dict:
 
     With ``train.nproc`` > 1 this starts torchrun and returns what its processes wrote; inside
     torchrun, this process trains its share of the run (the others return a short status)."""
+    require_trackers(cfg.output.loggers)  # a missing one is refused before anything starts
     if launches(cfg.train.nproc):
         cfg = cfg.model_copy(deep=True)
         cfg.output.dir = cfg.output.dir or default_run_dir(cfg)
@@ -138,6 +141,7 @@ def resume(
     if started is not None:  # torchrun's processes: the run must have trained with as many
         values = deep_merge(values or {}, {"train": {"nproc": started}})
     cfg = resumed_config(read_run_config(folder.config), overrides, values=values, run_dir=run_dir)
+    require_trackers(cfg.output.loggers)
     if launches(cfg.train.nproc):
         return launch_run(cfg, folder, new=False)
     with joined(cfg.train.device) as world, one_writer(folder, world, new=False):
@@ -182,12 +186,23 @@ def _run_session(cfg: RunConfig, folder: RunFolder, world: World, *, resume: boo
     session = _open_session(cfg, folder, world, resume=resume)
     if not world.is_main:
         return _train_share(session)
+    last = int(session.history[-1]["step"]) if session.history else None
+    session.trackers = open_trackers(cfg, folder.path, last_step=last if resume else None)
+    try:
+        return _train_and_evaluate(session)
+    finally:
+        session.trackers.close("failed")  # where the run ended without _finish (none left else)
+
+
+def _train_and_evaluate(session: Session) -> dict:
     results = _base_results(session)
     try:
         _train_epochs(session, results)
     except DivergedError as err:
         results.update(status="diverged", error=str(err))
-        console.print(f"[red]diverged:[/] {err}; the last good checkpoint is kept in {folder.path}")
+        console.print(
+            f"[red]diverged:[/] {err}; the last good checkpoint is kept in {session.folder.path}"
+        )
         return _finish(session, results)
     except BaseException as err:
         results.update(status="failed", error=f"{type(err).__name__}: {err}")
@@ -377,6 +392,7 @@ def _score(
     peak.reset()
     s.history.append(row)
     s.folder.write_epochs(EPOCH_COLUMNS, s.history)
+    s.trackers.log_row(row)
     keep = _evaluated(s) if s.plan.kind == "early_stopping" else None
     s.best.offer(row["selection_acc"], global_step, epoch, keep, s.plan.min_delta)
     _print_row(row, s.plan)
@@ -527,6 +543,8 @@ def _weights_word(s: Session) -> str:
 def _finish(s: Session, results: dict) -> dict:
     results.update(finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     s.folder.write_results(results)
+    step = int(s.history[-1]["step"]) if s.history else 0
+    s.trackers.finish(results, s.folder.path, step)
     return results
 
 

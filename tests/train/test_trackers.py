@@ -1,0 +1,239 @@
+"""Experiment trackers (output.loggers): each tracker's own reader gets back what epochs.csv and
+results.json say; a failing tracker never stops training; a missing one is refused up front;
+a study's cells are grouped; a resumed run continues its records."""
+
+import csv
+import json
+import struct
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+from cnnvit.config import load_run_config
+from cnnvit.study.config import StudyConfig, cells
+from cnnvit.train import trackers as trackers_module
+from cnnvit.train.run import EPOCH_COLUMNS, resume, train
+from cnnvit.train.trackers import FINAL_METRICS, TrackerMissingError, TrackerWarning
+
+DATA = "synthetic:train_size=256,val_size=64,image_size=16"
+SCALARS = [c for c in EPOCH_COLUMNS if c != "step"]  # step is every tracker's x axis
+
+
+def _cfg(out: Path, loggers: str, *extra: str):
+    return load_run_config(
+        None,
+        [
+            f"data.spec={DATA}",
+            "model.name=resnet_mini",
+            f"output.dir={out}",
+            "train.epochs=2",
+            "train.batch_size=64",
+            "optim.lr=3e-3",
+            "train.progress=false",
+            "train.threads=2",
+            f"output.loggers={loggers}",
+            *extra,
+        ],
+    )
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    with (run_dir / "epochs.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def _mlflow_client(folder: Path):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{(folder / 'mlflow.db').resolve()}")
+
+
+@pytest.fixture(scope="module")
+def logged_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("trackers") / "run"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("WANDB_MODE", "offline")
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mp.delenv("WANDB_PROJECT", raising=False)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", TrackerWarning)
+            results = train(_cfg(out, "[tensorboard, mlflow, wandb]"))
+    finally:
+        mp.undo()
+    assert results["status"] == "completed"
+    assert not [w for w in caught if issubclass(w.category, TrackerWarning)]
+    return out
+
+
+def test_tensorboard_scalars_equal_epochs_csv(logged_run: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(logged_run / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    rows = _rows(logged_run)
+    assert len(rows) == 2
+    for column in SCALARS:
+        logged = events.Scalars(column)
+        assert [e.step for e in logged] == [int(r["step"]) for r in rows], column
+        # float32 in the event file
+        assert [e.value for e in logged] == pytest.approx(
+            [float(r[column]) for r in rows], rel=1e-6, abs=1e-7
+        ), column
+    results = json.loads((logged_run / "results.json").read_text())
+    assert events.Scalars("final/test_top1")[0].value == pytest.approx(results["test_top1"])
+    assert events.Scalars("final/test_top1")[0].step == int(rows[-1]["step"])
+
+
+def test_mlflow_metrics_and_params_equal_the_run_folder(logged_run: Path):
+    client = _mlflow_client(logged_run)
+    experiment = client.get_experiment_by_name("cnnvit")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == "run" and run.info.status == "FINISHED"
+    assert json.loads((logged_run / "trackers.json").read_text())["mlflow"] == run.info.run_id
+    rows = _rows(logged_run)
+    for column in SCALARS:
+        history = sorted(client.get_metric_history(run.info.run_id, column), key=lambda m: m.step)
+        assert [(m.step, m.value) for m in history] == [
+            (int(r["step"]), pytest.approx(float(r[column]))) for r in rows
+        ], column
+    results = json.loads((logged_run / "results.json").read_text())
+    for key in ("test_top1", "test_top5", "test_macro_f1"):
+        assert run.data.metrics[f"final/{key}"] == pytest.approx(results[key])
+    # Every final number results.json has (a renamed key would silently vanish).
+    assert all(k in results for k in FINAL_METRICS)
+    assert {f"final/{k}" for k in FINAL_METRICS if results[k] is not None} <= set(run.data.metrics)
+    params = run.data.params
+    assert params["data.spec"] == DATA
+    assert float(params["optim.lr"]) == 3e-3
+    assert params["model.name"] == "resnet_mini" and params["train.epochs"] == "2"
+
+
+def _wandb_records(path: Path):
+    """The protobuf records of an offline run's .wandb file: a 7-byte header (":W&B", magic,
+    version), then 32 KiB blocks of records, each ``crc u32, length u16, type u8`` + data, a
+    record split over blocks as FIRST/MIDDLE/LAST (LevelDB's log format). wandb 0.31 has no
+    public reader of it (its Python datastore moved into the Go core)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, block, pending = 7, 32768, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        pending += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST: a whole record
+            record = pb.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            yield record
+        elif kind == 0:
+            break
+
+
+def _values(items) -> dict:
+    """Key -> value of W&B's protobuf items (the key in ``key``, or in ``nested_key``)."""
+    return {i.key or ".".join(i.nested_key): json.loads(i.value_json) for i in items}
+
+
+def test_wandb_offline_history_equals_epochs_csv(logged_run: Path):
+    (path,) = (logged_run / "wandb").glob("offline-run-*/run-*.wandb")
+    history, summary, runs = [], {}, []
+    for record in _wandb_records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            history.append({**_values(record.history.item), "_step": record.history.step.num})
+        elif kind == "summary":
+            summary.update(_values(record.summary.update))
+        elif kind == "run":
+            runs.append(record.run)
+    rows = _rows(logged_run)
+    assert len(history) == len(rows) == 2
+    for logged, row in zip(history, rows, strict=True):
+        assert logged["_step"] == int(row["step"])
+        for column in SCALARS:
+            assert logged[column] == pytest.approx(float(row[column])), column
+    results = json.loads((logged_run / "results.json").read_text())
+    assert summary["final/test_top1"] == pytest.approx(results["test_top1"])
+    config = _values(runs[0].config.update)
+    assert config["optim"]["lr"] == 3e-3
+    assert config["data"]["spec"] == DATA
+    assert runs[0].project == "cnnvit" and runs[0].display_name == "run"
+
+
+def test_a_tracker_that_raises_mid_run_warns_once_and_the_run_completes(tmp_path, monkeypatch):
+    def server_gone(self, row, step):
+        raise ConnectionError("tracking server gone")
+
+    monkeypatch.setattr(trackers_module.TensorBoardTracker, "log_row", server_gone)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = train(_cfg(tmp_path / "run", "[tensorboard]"))
+    assert results["status"] == "completed"
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["status"] == "completed"
+    mine = [str(w.message) for w in caught if issubclass(w.category, TrackerWarning)]
+    assert len(mine) == 1  # two epoch rows, one warning
+    assert "tensorboard stopped logging" in mine[0] and "tracking server gone" in mine[0]
+
+
+def test_a_missing_tracker_is_refused_before_training_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow raises ImportError
+    with pytest.raises(TrackerMissingError) as err:
+        train(_cfg(tmp_path / "run", "[mlflow]"))
+    message = str(err.value)
+    assert "\n" not in message and "pip install 'cnnvit[mlflow]'" in message
+    assert not (tmp_path / "run").exists()  # nothing started
+
+
+def test_a_study_groups_its_cells(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    study = StudyConfig.model_validate(
+        {
+            "name": "tiny",
+            "data": {"spec": DATA},
+            "models": ["resnet_mini"],
+            "seeds": [0, 1],
+            "recipe": {
+                "train": {"epochs": 1, "batch_size": 64, "progress": False, "threads": 2},
+                "output": {"loggers": ["tensorboard", "mlflow"]},
+            },
+        }
+    )
+    grid = cells(study, tmp_path)
+    for cell in grid:
+        assert train(cell.config)["status"] == "completed"
+    client = _mlflow_client(tmp_path)  # one store for the study, in its folder
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == sorted(c.id for c in grid)
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    # One TensorBoard folder per cell, side by side under the study's.
+    logged = sorted(p.name for p in (tmp_path / "tensorboard").iterdir())
+    assert logged == sorted(c.id for c in grid)
+    assert not any((tmp_path / "runs" / c.id / "tensorboard").exists() for c in grid)
+
+
+def test_a_resumed_run_continues_the_same_records(tmp_path, monkeypatch, interrupt_in_second_epoch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    interrupt_in_second_epoch(lambda: train(_cfg(out, "[tensorboard, mlflow]")))
+    results = resume(out)
+    assert results["status"] == "completed"
+    rows = _rows(out)
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("train_loss")]
+    assert steps == [int(r["step"]) for r in rows]  # each row once
+    client = _mlflow_client(out)
+    (run,) = client.search_runs([client.get_experiment_by_name("cnnvit").experiment_id])
+    assert run.info.status == "FINISHED"
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert sorted(m.step for m in history) == [int(r["step"]) for r in rows]
