@@ -257,6 +257,27 @@ class ProfileConfig(RuntimeConfig):
     )
     warmup: int = Field(2, ge=0, description="untimed calls before each measurement")
     target_s: float = Field(1.0, gt=0, description="seconds of timed calls per figure")
+    runtimes: list[str] = Field(
+        default_factory=lambda: ["torch"],
+        description="torch (eager, always measured); onnxruntime adds the model exported to "
+        "ONNX, timed in ONNX Runtime on the CPU in fp32 and dynamic int8 (needs cnnvit[onnx])",
+    )
+    int8: bool = Field(
+        True, description="with onnxruntime: also dynamic int8 quantisation (latency, size, top-1)"
+    )
+
+    @field_validator("runtimes")
+    @classmethod
+    def _known_runtimes(cls, value: list[str]) -> list[str]:
+        unknown = [r for r in value if r not in PROFILE_RUNTIMES]
+        if unknown:
+            raise ValueError(
+                f"unknown runtime {unknown[0]!r}; known runtimes: {', '.join(PROFILE_RUNTIMES)}"
+            )
+        return value
+
+
+PROFILE_RUNTIMES = ("torch", "onnxruntime")
 
 
 class InferenceConfig(RuntimeConfig):

@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from cnnvit.cli import analyses, hub, listing, runs, studies
+from cnnvit.cli import analyses, deploy, hub, listing, runs, studies
 from cnnvit.errors import UserError
 
 __all__ = ["build_parser", "main"]
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     studies.add_commands(sub)  # compare, report
     listing.add_commands(sub)  # models, recipes, datasets
     hub.add_commands(sub)  # hub-folder
+    deploy.add_commands(sub)  # export
     return parser
 
 

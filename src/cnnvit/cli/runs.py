@@ -392,6 +392,7 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
     names = {f"--{n.replace('_', '-')}": n for n in ProfileConfig.model_fields}
     names["--dtype"] = names.pop("--precision")
     flags = add_config_flags(p, ProfileConfig, names)
+    names["--runtime"] = names.pop("--runtimes")  # --runtime onnxruntime
     p.add_argument("--json", type=Path, help="write the profiles as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=lambda args: cmd_profile(args, flags))
@@ -399,7 +400,7 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
 
 def cmd_profile(args: argparse.Namespace, flags: ConfigFlags) -> int:
     from cnnvit.profile.profiler import profile_model, profile_run
-    from cnnvit.profile.record import profile_table, write_profiles_json
+    from cnnvit.profile.record import deployment_table, profile_table, write_profiles_json
 
     if not args.models and not args.run_dirs:
         raise ConfigError("give --model NAME (repeatable) or run folders to profile")
@@ -410,6 +411,9 @@ def cmd_profile(args: argparse.Namespace, flags: ConfigFlags) -> int:
     with at_least_width(170):  # 13 columns
         console.print(profile_table(profiles))
     if args.json:
+        deployment = deployment_table(profiles)
+        if deployment is not None:
+            console.print(deployment)
         write_profiles_json(profiles, args.json)
         console.print(f"wrote {args.json}")
     return 0

@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,10 @@ from cnnvit.config import FreezeConfig, ProfileConfig, read_run_config
 from cnnvit.folders import RunFolder
 from cnnvit.models.registry import UnknownModelError, create_model
 from cnnvit.models.surgery import freeze_all_but_last_blocks
+from cnnvit.models.weights import read_preprocessing
 from cnnvit.profile.cost import count_flops, measure_cost, save_weights
-from cnnvit.profile.record import ModelProfile, SizePoint
+from cnnvit.profile.export import exportable_from_module, exportable_from_run, require_onnx
+from cnnvit.profile.record import Deployment, ModelProfile, SizePoint
 from cnnvit.profile.speed import (
     RepeatPlan,
     forward_step,
@@ -108,6 +110,7 @@ def profile_model(
     architecture = name or _architecture(model)
     if config.sizes and architecture is None:
         raise ValueError("the image-size sweep needs the model's architecture name: pass name=")
+    _require_runtimes(config)
     runtime = resolve_runtime(config)
     target = _Target(
         name=name,
@@ -123,10 +126,45 @@ def profile_model(
     )
     with runtime.threads_applied(), progress_bar(progress) as bar:
         steps = 5 + bool(config.compile) + len(config.sizes or ())
+        steps += "onnxruntime" in config.runtimes
         phases = _Phases(bar, target.label, steps)
         found = _measure(target, config, runtime, clock or runtime.clock(), phases)
+        if "onnxruntime" in config.runtimes:
+            phases.next("onnxruntime")
+            found = replace(found, deployment=_deployment(target, config, found))
         phases.done()
     return found
+
+
+def _require_runtimes(config: ProfileConfig) -> None:
+    """Refuse before measuring anything when an asked-for runtime is not installed."""
+    if "onnxruntime" in config.runtimes:
+        for module in ("onnx", "onnxscript", "onnxruntime"):
+            require_onnx(module)
+
+
+def _deployment(target: _Target, config: ProfileConfig, found: ModelProfile) -> Deployment:
+    """The model exported to ONNX and measured in ONNX Runtime on the CPU, with the threads the
+    eager figures used (:func:`cnnvit.profile.onnx_runtime.measure_deployment`)."""
+    from cnnvit.profile.onnx_runtime import measure_deployment  # onnx is an extra
+
+    if target.model is not None:
+        net = copy.deepcopy(target.model).cpu()
+    else:
+        assert target.name is not None
+        torch.manual_seed(0)  # the random weights _load measured, where no file is given
+        with _quiet():
+            net = _create(target, weights=target.weights)
+    prep = read_preprocessing(target.weights) if target.weights is not None else None
+    exportable = exportable_from_module(
+        net,
+        image_size=target.image_size,
+        in_chans=target.in_chans,
+        label=target.label,
+        preprocessing=prep,
+    )
+    with tempfile.TemporaryDirectory(prefix="cnnvit-onnx-") as tmp:
+        return measure_deployment(exportable, config, Path(tmp), threads=found.threads)
 
 
 @dataclass(frozen=True)
@@ -301,6 +339,18 @@ def _quiet() -> Iterator[None]:
         console.quiet = before
 
 
+def _create(target: _Target, **extra: Any) -> nn.Module:
+    assert target.name is not None
+    return create_model(
+        target.name,
+        num_classes=target.num_classes,
+        in_chans=target.in_chans,
+        img_size=target.image_size,
+        **target.model_kwargs,
+        **extra,
+    )
+
+
 def _load(
     target: _Target, runtime: Runtime, clock: Clock, file: Path
 ) -> tuple[nn.Module, float, int]:
@@ -309,14 +359,7 @@ def _load(
     assert target.name is not None
 
     def create(**extra: Any) -> nn.Module:
-        return create_model(
-            target.name,
-            num_classes=target.num_classes,
-            in_chans=target.in_chans,
-            img_size=target.image_size,
-            **target.model_kwargs,
-            **extra,
-        )
+        return _create(target, **extra)
 
     def timed(source: str | Path) -> tuple[nn.Module, float]:
         start = clock.read()
@@ -456,11 +499,13 @@ def profile_run(
     cfg = read_run_config(folder.config)
     info = folder.read_results() or {}
     config = config or ProfileConfig()
+    _require_runtimes(config)
     if config.image_size is None:
         config = config.model_copy(update={"image_size": int(info["image_size"])})
-    return profile_model(
+    eager = [r for r in config.runtimes if r != "onnxruntime"]  # ONNX below, on the test split
+    found = profile_model(
         cfg.model.name,
-        config,
+        config.model_copy(update={"runtimes": eager}),
         weights=folder.evaluated_weights(),
         label=label or f"{cfg.model.name} ({folder.name})",
         num_classes=int(info["num_classes"]),
@@ -470,3 +515,16 @@ def profile_run(
         progress=progress,
         clock=clock,
     )
+    if "onnxruntime" not in config.runtimes:
+        return found
+    from cnnvit.profile.onnx_runtime import measure_deployment  # onnx is an extra
+
+    with tempfile.TemporaryDirectory(prefix="cnnvit-onnx-") as tmp:
+        deployment = measure_deployment(
+            exportable_from_run(folder.path),
+            config,
+            Path(tmp),
+            threads=found.threads,
+            test_run=folder.path,
+        )
+    return replace(found, deployment=deployment)

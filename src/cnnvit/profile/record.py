@@ -20,10 +20,13 @@ from rich.table import Table
 __all__ = [
     "FLOP_COUNTER_NOTE",
     "Cost",
+    "Deployment",
     "MemoryPeak",
     "ModelProfile",
+    "OrtTiming",
     "SizePoint",
     "Spread",
+    "deployment_table",
     "profile_rows",
     "profile_table",
     "read_profiles_json",
@@ -145,6 +148,81 @@ class MemoryPeak:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
 
+@dataclass(frozen=True)
+class OrtTiming:
+    """One ONNX file in ONNX Runtime: its size, batch-1 latency (ms) and batch-N throughput
+    (images/s), timed as the eager figures are (warm-up, then the planned repeats)."""
+
+    file_bytes: int
+    latency_ms: Spread
+    throughput: Spread
+    ops: list[str] = field(default_factory=list)  # integer op types in the graph (int8's)
+
+    @property
+    def file_mb(self) -> float:
+        return self.file_bytes / 1e6
+
+    def to_dict(self) -> dict:
+        return {
+            "file_bytes": self.file_bytes,
+            "file_mb": self.file_mb,
+            "latency_ms": self.latency_ms.to_dict(),
+            "throughput": self.throughput.to_dict(),
+            "ops": list(self.ops),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> OrtTiming:
+        return cls(
+            file_bytes=d["file_bytes"],
+            latency_ms=Spread.from_dict(d["latency_ms"]),
+            throughput=Spread.from_dict(d["throughput"]),
+            ops=list(d.get("ops", [])),
+        )
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """The model exported to ONNX and run in ONNX Runtime on the CPU, in fp32 and after dynamic
+    int8 quantisation (``onnxruntime.quantization.quantize_dynamic``), with the test split's
+    top-1 of each where the model is a trained run's (fractions in [0, 1])."""
+
+    runtime: str  # "onnxruntime 1.x.y"
+    provider: str  # CPUExecutionProvider
+    intra_op_threads: int
+    opset: int
+    fused: bool  # a GResNet's split normalisation folded into its convs before export
+    fp32: OrtTiming
+    int8: OrtTiming | None = None  # None: not asked for, or quantisation failed (see error)
+    int8_error: str | None = None
+    test_top1_fp32: float | None = None  # the fp32 ONNX on the run's test split
+    test_top1_int8: float | None = None
+    test_images: int | None = None
+
+    @property
+    def top1_change(self) -> float | None:
+        """int8 minus fp32 test top-1 (a fraction; negative: quantisation lost accuracy)."""
+        if self.test_top1_fp32 is None or self.test_top1_int8 is None:
+            return None
+        return self.test_top1_int8 - self.test_top1_fp32
+
+    def to_dict(self) -> dict:
+        d = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        d["fp32"] = self.fp32.to_dict()
+        d["int8"] = self.int8.to_dict() if self.int8 else None
+        d["top1_change"] = self.top1_change
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Deployment:
+        plain = {k: d.get(k) for k in cls.__dataclass_fields__ if k not in {"fp32", "int8"}}
+        return cls(
+            **plain,
+            fp32=OrtTiming.from_dict(d["fp32"]),
+            int8=OrtTiming.from_dict(d["int8"]) if d.get("int8") else None,
+        )
+
+
 # --- results ------------------------------------------------------------------------------------
 
 
@@ -217,10 +295,12 @@ class ModelProfile:
     sweep: list[SizePoint] = field(default_factory=list)
     measured_at: str = ""
     notes: list[str] = field(default_factory=list)
+    deployment: Deployment | None = None  # ONNX Runtime and int8 (profile.runtimes); None: not run
 
     def to_dict(self) -> dict:
         d = {f: getattr(self, f) for f in self.__dataclass_fields__}
         d["cost"] = self.cost.to_dict()
+        d["deployment"] = self.deployment.to_dict() if self.deployment else None
         d["latency_ms"] = self.latency_ms.to_dict()
         d["throughput"] = self.throughput.to_dict()
         d["train_throughput"] = self.train_throughput.to_dict() if self.train_throughput else None
@@ -241,6 +321,7 @@ class ModelProfile:
             for k in cls.__dataclass_fields__
             if k
             not in {
+                "deployment",
                 "cost",
                 "latency_ms",
                 "throughput",
@@ -259,6 +340,7 @@ class ModelProfile:
             memory_infer=MemoryPeak.from_dict(d["memory_infer"]),
             memory_train=opt("memory_train", MemoryPeak),
             sweep=[SizePoint.from_dict(p) for p in d.get("sweep", [])],
+            deployment=opt("deployment", Deployment),  # absent from older profile.json
         )
 
 
@@ -343,6 +425,58 @@ def _caption(profiles: Sequence[ModelProfile]) -> str:
     )
 
 
+def deployment_table(profiles: Sequence[ModelProfile]) -> Table | None:
+    """ONNX Runtime (fp32, int8) next to eager PyTorch, one row per model that has it."""
+    rows = [p for p in profiles if p.deployment is not None]
+    if not rows:
+        return None
+    table = Table(title="Deployment profile: ONNX Runtime on the CPU")
+    for col in (
+        "model",
+        "eager b1 ms",
+        "ORT b1 ms median / p95",
+        "ORT img/s",
+        "int8 b1 ms median / p95",
+        "int8 img/s",
+        "ONNX MB fp32 -> int8",
+        "int8 ops",
+        "test top-1 fp32 -> int8",
+    ):
+        table.add_column(col, justify="left" if col in ("model", "int8 ops") else "right")
+    for p in rows:
+        d = p.deployment
+        assert d is not None
+        q = d.int8
+        table.add_row(
+            p.model,
+            f"{p.latency_ms.median:.2f}",
+            f"{d.fp32.latency_ms.median:.2f} / {d.fp32.latency_ms.p95:.2f}",
+            _median_iqr(d.fp32.throughput),
+            "-" if q is None else f"{q.latency_ms.median:.2f} / {q.latency_ms.p95:.2f}",
+            _median_iqr(q.throughput if q else None),
+            f"{d.fp32.file_mb:.2f} -> {q.file_mb:.2f}" if q else f"{d.fp32.file_mb:.2f} -> -",
+            ", ".join(q.ops) if q else (d.int8_error or "-"),
+            _top1_change(d),
+        )
+    first = rows[0].deployment
+    assert first is not None
+    table.caption = (
+        f"{first.runtime}, {first.provider}, {first.intra_op_threads} intra-op threads (the eager "
+        "figures' own), fp32 and dynamic int8 (quantize_dynamic, int8 weights); latency batch 1, "
+        "img/s median (interquartile range) at the profile's batch"
+    )
+    return table
+
+
+def _top1_change(d: Deployment) -> str:
+    if d.test_top1_fp32 is None:
+        return "-"
+    fp32 = f"{100 * d.test_top1_fp32:.2f} %"
+    if d.top1_change is None:
+        return fp32
+    return f"{fp32} -> {100 * (d.test_top1_int8 or 0):.2f} % ({100 * d.top1_change:+.2f} pt)"
+
+
 def write_profiles_json(profiles: Sequence[ModelProfile], path: str | Path) -> Path:
     """``{"format": "cnnvit-profile/1", "profiles": [...]}``, each as ``ModelProfile.to_dict``."""
     path = Path(path)
@@ -387,6 +521,28 @@ def profile_rows(profiles: Sequence[ModelProfile]) -> list[dict[str, Any]]:
                 "dtype": p.dtype,
                 "batch_size": p.batch_size,
                 "image_size": p.image_size,
+                **_deployment_row(p.deployment),
             }
         )
     return rows
+
+
+def _deployment_row(d: Deployment | None) -> dict[str, Any]:
+    """The ONNX Runtime and int8 columns of a profile that has them; none for one without."""
+    if d is None:
+        return {}
+    q = d.int8
+    return {
+        "ort_latency_b1_median_ms": d.fp32.latency_ms.median,
+        "ort_latency_b1_p95_ms": d.fp32.latency_ms.p95,
+        "ort_throughput_img_s": d.fp32.throughput.median,
+        "onnx_fp32_mb": d.fp32.file_mb,
+        "int8_latency_b1_median_ms": q.latency_ms.median if q else None,
+        "int8_latency_b1_p95_ms": q.latency_ms.p95 if q else None,
+        "int8_throughput_img_s": q.throughput.median if q else None,
+        "onnx_int8_mb": q.file_mb if q else None,
+        "test_top1_onnx_fp32": d.test_top1_fp32,
+        "test_top1_onnx_int8": d.test_top1_int8,
+        "test_top1_change_int8": d.top1_change,
+        "ort_threads": d.intra_op_threads,
+    }

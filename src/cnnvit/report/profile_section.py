@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from cnnvit.folders import RunFolder
 from cnnvit.markup import img, join, note, table
 from cnnvit.profile.plot import sweep_figure
-from cnnvit.profile.record import ModelProfile, profile_rows
+from cnnvit.profile.record import Deployment, ModelProfile, profile_rows
 from cnnvit.report.collect import StudyData
 
 if TYPE_CHECKING:
@@ -67,6 +67,10 @@ def render_profile(ctx: ReportContext) -> str:
         "load time",
     ]
     rows = [_row(p) for p in profiles]
+    deployed = [p.deployment for p in profiles if p.deployment is not None]
+    if deployed:  # the ONNX Runtime and int8 columns, only where a profile measured them
+        headers += DEPLOYMENT_HEADERS
+        rows = [r + _deployment_cells(p.deployment) for r, p in zip(rows, profiles, strict=True)]
     first = profiles[0]
     explain = note(
         f"Measured on {first.device_name} ({first.dtype}, batch {first.batch_size}, "
@@ -76,7 +80,9 @@ def render_profile(ctx: ReportContext) -> str:
         "study's image size. Peak memory: the device's peak (on a CPU the resident set).",
         "note",
     )
-    parts = [table(headers, rows, classes=["name", *["num"] * 8]), explain]
+    parts = [table(headers, rows, classes=["name", *["num"] * (len(headers) - 1)]), explain]
+    if deployed:
+        parts.append(_deployment_note(deployed[0]))
     if "cost_sweep" in ctx.figures:
         caption = (
             "Cost against image side, log-log, batch 1: a ViT's attention grows with the "
@@ -104,3 +110,38 @@ def _row(p: ModelProfile) -> list[object]:
         f"{memory_infer} / {memory_train} MiB",
         f"{p.load_s:.2f} s",
     ]
+
+
+DEPLOYMENT_HEADERS = [
+    "ONNX Runtime, batch 1",
+    "int8, batch 1",
+    "ONNX size, fp32 → int8",
+    "test top-1 change under int8",
+]
+
+
+def _deployment_cells(d: Deployment | None) -> list[object]:
+    """ORT fp32 latency median (p95), int8's, file sizes, and the test top-1 change."""
+    if d is None:
+        return ["-"] * len(DEPLOYMENT_HEADERS)
+    q = d.int8
+    fp32 = d.fp32.latency_ms
+    change = d.top1_change
+    return [
+        f"{fp32.median:.2f} ms ({fp32.p95:.2f})",
+        "-" if q is None else f"{q.latency_ms.median:.2f} ms ({q.latency_ms.p95:.2f})",
+        f"{d.fp32.file_mb:,.1f} → {q.file_mb:,.1f} MB" if q else f"{d.fp32.file_mb:,.1f} MB → -",
+        "-" if change is None else f"{100 * change:+.2f} pt",
+    ]
+
+
+def _deployment_note(d: Deployment) -> str:
+    return note(
+        f"ONNX Runtime columns: the model exported to ONNX (opset {d.opset}) and run by "
+        f"{d.runtime} on the CPU ({d.provider}, {d.intra_op_threads} intra-op threads), batch "
+        "1, median (95th percentile) after warm-up; int8: dynamic quantisation "
+        "(onnxruntime.quantization.quantize_dynamic, int8 weights, activations quantised at "
+        "run time). Test top-1 change: the int8 model's top-1 minus the fp32 ONNX model's on "
+        "the cell's test split, in percentage points.",
+        "note",
+    )
