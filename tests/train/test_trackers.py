@@ -191,9 +191,8 @@ def test_a_missing_tracker_is_refused_before_training_in_one_line(tmp_path, monk
     assert not (tmp_path / "run").exists()  # nothing started
 
 
-def test_a_study_groups_its_cells(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    study = StudyConfig.model_validate(
+def _tiny_study(loggers: list[str]) -> StudyConfig:
+    return StudyConfig.model_validate(
         {
             "name": "tiny",
             "data": {"spec": DATA},
@@ -201,22 +200,51 @@ def test_a_study_groups_its_cells(tmp_path, monkeypatch):
             "seeds": [0, 1],
             "recipe": {
                 "train": {"epochs": 1, "batch_size": 64, "progress": False, "threads": 2},
-                "output": {"loggers": ["tensorboard", "mlflow"]},
+                "output": {"loggers": loggers},
             },
         }
     )
-    grid = cells(study, tmp_path)
+
+
+def test_a_study_groups_its_cells(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    grid = cells(_tiny_study(["tensorboard", "mlflow", "wandb"]), tmp_path)
     for cell in grid:
         assert train(cell.config)["status"] == "completed"
+    ids = sorted(c.id for c in grid)
     client = _mlflow_client(tmp_path)  # one store for the study, in its folder
     experiment = client.get_experiment_by_name("tiny")
     runs = client.search_runs([experiment.experiment_id])
-    assert sorted(r.info.run_name for r in runs) == sorted(c.id for c in grid)
+    assert sorted(r.info.run_name for r in runs) == ids
     assert {r.info.status for r in runs} == {"FINISHED"}
     # One TensorBoard folder per cell, side by side under the study's.
-    logged = sorted(p.name for p in (tmp_path / "tensorboard").iterdir())
-    assert logged == sorted(c.id for c in grid)
+    assert sorted(p.name for p in (tmp_path / "tensorboard").iterdir()) == ids
     assert not any((tmp_path / "runs" / c.id / "tensorboard").exists() for c in grid)
+    # One W&B group: the study's name; each run named by its cell.
+    logged = []
+    for cell in grid:
+        (path,) = (tmp_path / "runs" / cell.id / "wandb").glob("offline-run-*/run-*.wandb")
+        run = next(r.run for r in _wandb_records(path) if r.WhichOneof("record_type") == "run")
+        logged.append((run.run_group, run.display_name))
+    assert sorted(logged) == [("tiny", i) for i in ids]
+
+
+def test_a_study_is_refused_before_its_folder_when_a_tracker_is_missing(tmp_path, monkeypatch):
+    from cnnvit.study.run import run_study
+
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    with pytest.raises(TrackerMissingError, match=r"pip install 'cnnvit\[wandb\]'"):
+        run_study(_tiny_study(["wandb"]), tmp_path / "study", command="test", progress=False)
+    assert not (tmp_path / "study").exists()
+
+
+def test_a_study_rerun_with_other_trackers_keeps_its_cells():
+    from cnnvit.study.run import _trained_part
+
+    with_trackers = _tiny_study(["mlflow"]).model_dump(mode="json")
+    without = _tiny_study([]).model_dump(mode="json")
+    assert _trained_part(with_trackers) == _trained_part(without)
 
 
 def test_a_resumed_run_continues_the_same_records(tmp_path, monkeypatch, interrupt_in_second_epoch):
