@@ -106,15 +106,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace, flags: ConfigFlags) -> int:
+    from cnnvit.api.run import train_config
     from cnnvit.train.distributed import launched_worker
-    from cnnvit.train.run import resume, train
+    from cnnvit.train.run import resume
 
     if args.resume is not None:
         if args.config is not None:
             raise ConfigError("--resume continues a run with its own config; drop --config")
         results = resume(args.resume, args.overrides, values=_given(args, flags))
     else:
-        results = train(_run_config(args, flags))
+        results = train_config(_run_config(args, flags))
     if launched_worker():  # one of the processes `--nproc` started: the launcher reports
         return 0
     if results.get("rank"):  # one of torchrun's processes but rank 0, which reports
@@ -391,8 +392,8 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", dest="models", action="append", default=[], help="repeatable")
     names = {f"--{n.replace('_', '-')}": n for n in ProfileConfig.model_fields}
     names["--dtype"] = names.pop("--precision")
-    flags = add_config_flags(p, ProfileConfig, names)
     names["--runtime"] = names.pop("--runtimes")  # --runtime onnxruntime
+    flags = add_config_flags(p, ProfileConfig, names)
     p.add_argument("--json", type=Path, help="write the profiles as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=lambda args: cmd_profile(args, flags))
@@ -410,10 +411,10 @@ def cmd_profile(args: argparse.Namespace, flags: ConfigFlags) -> int:
     profiles += [profile_run(run_dir, config, progress=progress) for run_dir in args.run_dirs]
     with at_least_width(170):  # 13 columns
         console.print(profile_table(profiles))
-    if args.json:
         deployment = deployment_table(profiles)
         if deployment is not None:
             console.print(deployment)
+    if args.json:
         write_profiles_json(profiles, args.json)
         console.print(f"wrote {args.json}")
     return 0

@@ -55,33 +55,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    import torch  # the default study depends on whether there is a GPU
+    from cnnvit.api.study import compare_all
+    from cnnvit.report import print_summary  # pandas, scipy and matplotlib
 
-    from cnnvit.data.readers import check_spec
-    from cnnvit.report import print_summary, write_report
-    from cnnvit.study.config import load_studies
-    from cnnvit.study.run import run_study
-
-    values: dict = {"recipe": {"train": {"progress": False}}} if args.no_progress else {}
-    executor = {"kind": args.executor or ("ray" if args.address else None), "address": args.address}
-    if any(v is not None for v in executor.values()):
-        values["executor"] = {k: v for k, v in executor.items() if v is not None}
-    studies = load_studies(
-        args.study, args.overrides, values=values, cuda=torch.cuda.is_available()
+    studies = compare_all(
+        args.study,
+        args.out,
+        executor=args.executor,
+        address=args.address,
+        progress=not args.no_progress,
+        settings=args.overrides,
+        command=args.command_line,
+        each=lambda study: print_summary(study.path, console),  # ends with the report's path
     )
-    for study in studies:  # a missing data folder stops here, not once per cell
-        check_spec(study.data.spec)
-    failed = []
-    for study in studies:
-        if len(studies) == 1:
-            out = args.out or Path("runs") / study.name
-        else:  # one folder per study, side by side
-            out = (args.out or Path("runs") / args.study.stem) / study.name
-        outcomes = run_study(
-            study, out, command=args.command_line, progress=not args.no_progress, then=write_report
-        )
-        print_summary(out, console)  # ends with the report's path
-        failed += [f"{study.name}/{o.cell.id}" for o in outcomes if o.status == "failed"]
+    failed = [f"{study.name}/{cell}" for study in studies for cell in study.failed]
     if failed:
         console.print(f"[red]{len(failed)} cell(s) failed:[/] {', '.join(failed)}")
     return 1 if failed else 0
