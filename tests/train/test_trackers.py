@@ -13,6 +13,7 @@ import pytest
 
 from cnnvit.config import load_run_config
 from cnnvit.study.config import StudyConfig, cells
+from cnnvit.train import run as run_module
 from cnnvit.train import trackers as trackers_module
 from cnnvit.train.run import EPOCH_COLUMNS, resume, train
 from cnnvit.train.trackers import FINAL_METRICS, TrackerMissingError, TrackerWarning
@@ -247,21 +248,41 @@ def test_a_study_rerun_with_other_trackers_keeps_its_cells():
     assert _trained_part(with_trackers) == _trained_part(without)
 
 
-def test_a_resumed_run_continues_the_same_records(tmp_path, monkeypatch, interrupt_in_second_epoch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def test_a_resumed_run_continues_the_same_records(tmp_path, monkeypatch):
+    """A crash after epoch 2's row is logged but before its checkpoint: the resumed run re-runs
+    epoch 2, TensorBoard shows each step once, MLflow continues the same run."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    real_save, calls = run_module._save, {"n": 0}
+
+    def crash_before_second_checkpoint(s, epoch):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        real_save(s, epoch)
+
     out = tmp_path / "run"
-    interrupt_in_second_epoch(lambda: train(_cfg(out, "[tensorboard, mlflow]")))
-    results = resume(out)
-    assert results["status"] == "completed"
+    monkeypatch.setattr(run_module, "_save", crash_before_second_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(out, "[tensorboard, mlflow]"))
+    monkeypatch.setattr(run_module, "_save", real_save)
+    client = _mlflow_client(out)
+    (first,) = client.search_runs([client.get_experiment_by_name("cnnvit").experiment_id])
+    assert first.info.status == "FAILED"
+    assert len(client.get_metric_history(first.info.run_id, "train_loss")) == 2
+
+    assert resume(out)["status"] == "completed"
     rows = _rows(out)
+    steps = [int(r["step"]) for r in rows]
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
-    steps = [e.step for e in events.Scalars("train_loss")]
-    assert steps == [int(r["step"]) for r in rows]  # each row once
-    client = _mlflow_client(out)
+    logged = events.Scalars("train_loss")
+    assert [e.step for e in logged] == steps  # epoch 2's first row purged, its re-run kept
+    assert logged[-1].value == pytest.approx(float(rows[-1]["train_loss"]), rel=1e-6)
     (run,) = client.search_runs([client.get_experiment_by_name("cnnvit").experiment_id])
-    assert run.info.status == "FINISHED"
+    assert run.info.run_id == first.info.run_id and run.info.status == "FINISHED"
+    # MLflow keeps every value it was sent: epoch 2's step twice, the latest the re-run's.
     history = client.get_metric_history(run.info.run_id, "train_loss")
-    assert sorted(m.step for m in history) == [int(r["step"]) for r in rows]
+    assert sorted(m.step for m in history) == [steps[0], steps[1], steps[1]]
+    assert run.data.metrics["train_loss"] == pytest.approx(float(rows[-1]["train_loss"]))
