@@ -133,3 +133,26 @@ def test_the_report_shows_the_columns_only_when_measured(profiled: ModelProfile,
     del older["deployment"]  # a profile.json written before the deployment profile
     without = rendered(ModelProfile.from_dict(older))
     assert "ONNX" not in without and "int8" not in without
+
+
+def test_a_failed_export_keeps_the_eager_figures(monkeypatch) -> None:
+    import cnnvit.profile.onnx_runtime as ort_module
+    from cnnvit.config import ProfileConfig
+    from cnnvit.profile.profiler import profile_model
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("an op the exporter cannot take")
+
+    monkeypatch.setattr(ort_module, "measure_deployment", fail)
+    config = ProfileConfig(
+        image_size=16,
+        batch_size=2,
+        train=False,
+        repeats=2,
+        warmup=1,
+        device="cpu",
+        runtimes=["torch", "onnxruntime"],
+    )
+    p = profile_model("resnet_mini", config, num_classes=10, progress=False)
+    assert p.deployment is None and p.latency_ms.n == 2
+    assert "deployment profile failed: RuntimeError: an op the exporter cannot take" in p.notes

@@ -414,6 +414,9 @@ def cmd_profile(args: argparse.Namespace, flags: ConfigFlags) -> int:
         deployment = deployment_table(profiles)
         if deployment is not None:
             console.print(deployment)
+    for p in profiles:  # an export ONNX Runtime could not take: the eager figures stand
+        for line in (n for n in p.notes if n.startswith("deployment profile failed")):
+            console.print(f"{p.model}: {line}", markup=False, highlight=False)
     if args.json:
         write_profiles_json(profiles, args.json)
         console.print(f"wrote {args.json}")

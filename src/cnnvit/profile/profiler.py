@@ -34,7 +34,12 @@ from cnnvit.models.registry import UnknownModelError, create_model
 from cnnvit.models.surgery import freeze_all_but_last_blocks
 from cnnvit.models.weights import read_preprocessing
 from cnnvit.profile.cost import count_flops, measure_cost, save_weights
-from cnnvit.profile.export import exportable_from_module, exportable_from_run, require_onnx
+from cnnvit.profile.export import (
+    MissingOnnxError,
+    exportable_from_module,
+    exportable_from_run,
+    require_onnx,
+)
 from cnnvit.profile.record import Deployment, ModelProfile, SizePoint
 from cnnvit.profile.speed import (
     RepeatPlan,
@@ -131,9 +136,22 @@ def profile_model(
         found = _measure(target, config, runtime, clock or runtime.clock(), phases)
         if "onnxruntime" in config.runtimes:
             phases.next("onnxruntime")
-            found = replace(found, deployment=_deployment(target, config, found))
+            found = _with_deployment(found, lambda: _deployment(target, config, found))
         phases.done()
     return found
+
+
+def _with_deployment(found: ModelProfile, measure: Callable[[], Deployment]) -> ModelProfile:
+    """``found`` with its deployment profile; where export or ONNX Runtime fails (an op the
+    exporter cannot take), the eager figures are kept and the failure is a note."""
+    try:
+        deployment = measure()
+    except MissingOnnxError:
+        raise
+    except Exception as exc:  # the eager figures must not be lost with it
+        failed = f"deployment profile failed: {type(exc).__name__}: {str(exc)[:300]}"
+        return replace(found, notes=[*found.notes, failed])
+    return replace(found, deployment=deployment)
 
 
 def _require_runtimes(config: ProfileConfig) -> None:
@@ -519,12 +537,14 @@ def profile_run(
         return found
     from cnnvit.profile.onnx_runtime import measure_deployment  # onnx is an extra
 
-    with tempfile.TemporaryDirectory(prefix="cnnvit-onnx-") as tmp:
-        deployment = measure_deployment(
-            exportable_from_run(folder.path),
-            config,
-            Path(tmp),
-            threads=found.threads,
-            test_run=folder.path,
-        )
-    return replace(found, deployment=deployment)
+    def measure() -> Deployment:
+        with tempfile.TemporaryDirectory(prefix="cnnvit-onnx-") as tmp:
+            return measure_deployment(
+                exportable_from_run(folder.path),
+                config,
+                Path(tmp),
+                threads=found.threads,
+                test_run=folder.path,
+            )
+
+    return _with_deployment(found, measure)
