@@ -4,8 +4,12 @@ a study's cells are grouped; a resumed run continues its records."""
 
 import csv
 import json
+import multiprocessing
+import os
+import socket
 import struct
 import sys
+import traceback
 import warnings
 from pathlib import Path
 
@@ -286,3 +290,36 @@ def test_a_resumed_run_continues_the_same_records(tmp_path, monkeypatch):
     history = client.get_metric_history(run.info.run_id, "train_loss")
     assert sorted(m.step for m in history) == [steps[0], steps[1], steps[1]]
     assert run.data.metrics["train_loss"] == pytest.approx(float(rows[-1]["train_loss"]))
+
+
+def _as_rank(rank: int, port: int, start) -> None:
+    """A forked process as torchrun starts it (2 processes); exit status 1 where it raised."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
+    os.environ["MASTER_PORT"] = str(port)
+    try:
+        start()
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)
+    os._exit(0)
+
+
+def test_only_rank_0_logs(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "run"
+    cfg = _cfg(out, "[tensorboard, mlflow]", "train.device=cpu", "train.threads=1")
+    cfg.train.epochs = 1
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    fork = multiprocessing.get_context("fork")
+    processes = [fork.Process(target=_as_rank, args=(r, port, lambda: train(cfg))) for r in (0, 1)]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(120)
+    assert [p.exitcode for p in processes] == [0, 0]
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    client = _mlflow_client(out)
+    (run,) = client.search_runs([client.get_experiment_by_name("cnnvit").experiment_id])
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == len(_rows(out))
