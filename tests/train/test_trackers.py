@@ -323,3 +323,41 @@ def test_only_rank_0_logs(tmp_path, monkeypatch):
     client = _mlflow_client(out)
     (run,) = client.search_runs([client.get_experiment_by_name("cnnvit").experiment_id])
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == len(_rows(out))
+
+
+def test_the_run_folders_figures_reach_every_tracker(tmp_path, monkeypatch):
+    """A PNG in the run folder at the end: an image in TensorBoard, an MLflow artifact, a W&B
+    image (a training run writes none itself; later stages may)."""
+    import numpy as np
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cfg = _cfg(run_dir, "[tensorboard, mlflow, wandb]")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TrackerWarning)
+        trackers = trackers_module.open_trackers(cfg, run_dir, last_step=None)
+        row = {c: 1.0 for c in EPOCH_COLUMNS} | {"epoch": 1, "step": 4}
+        trackers.log_row(row)
+        pixels = np.zeros((8, 12, 3), dtype=np.uint8)  # (H, W, RGB)
+        pixels[:, :6, 0] = 255
+        Image.fromarray(pixels).save(run_dir / "curves.png")
+        trackers.finish({"status": "completed", "test_top1": 0.5}, run_dir, step=4)
+    assert not [w for w in caught if issubclass(w.category, TrackerWarning)]
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    (image,) = events.Images("figures/curves")
+    assert (image.width, image.height, image.step) == (12, 8, 4)
+    client = _mlflow_client(run_dir)
+    run_id = json.loads((run_dir / "trackers.json").read_text())["mlflow"]
+    assert [a.path for a in client.list_artifacts(run_id, "figures")] == ["figures/curves.png"]
+    assert client.get_run(run_id).data.metrics["final/test_top1"] == 0.5
+    (path,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    records = list(_wandb_records(path))
+    (history,) = [r.history for r in records if r.WhichOneof("record_type") == "history"]
+    logged = _values(history.item)  # the image joins the last row (same step)
+    assert history.step.num == 4 and logged["figures/curves._type"] == "image-file"
+    assert (logged["figures/curves.width"], logged["figures/curves.height"]) == (12, 8)
