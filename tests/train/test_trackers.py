@@ -361,3 +361,32 @@ def test_the_run_folders_figures_reach_every_tracker(tmp_path, monkeypatch):
     logged = _values(history.item)  # the image joins the last row (same step)
     assert history.step.num == 4 and logged["figures/curves._type"] == "image-file"
     assert (logged["figures/curves.width"], logged["figures/curves.height"]) == (12, 8)
+
+
+def _cell_logging(tracker_dir: Path, name: str) -> str:
+    """One of several processes logging to one study's MLflow store at once."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    where = trackers_module.Where(tracker_dir / name, name, "g", tracker_dir, in_study=True)
+    tracker = trackers_module.MlflowTracker(where, None)
+    tracker.log_params({"cell": name})
+    for step in range(1, 21):
+        tracker.log_row({"train_loss": 1.0 / step}, step)
+    tracker.close("completed")
+    return tracker.run_id
+
+
+@pytest.mark.slow  # three spawned processes import cnnvit: 13 s
+def test_cells_log_at_once_to_the_prepared_study_store(tmp_path, monkeypatch):
+    # Without the store prepared first, concurrent first writers collide in MLflow's SQLite
+    # schema migration (alembic errors, "duplicate column name: step"; seen both ways).
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    trackers_module.prepare_trackers(["mlflow"], tmp_path, "g")
+    names = ["a", "b", "c"]
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        ids = pool.starmap(_cell_logging, [(tmp_path, n) for n in names])
+    client = _mlflow_client(tmp_path)
+    runs = client.search_runs([client.get_experiment_by_name("g").experiment_id])
+    assert sorted(r.info.run_id for r in runs) == sorted(ids)
+    assert sorted(r.info.run_name for r in runs) == names
+    for run in runs:
+        assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 20

@@ -28,7 +28,7 @@ from cnnvit.study.config import Cell, StudyConfig, StudyProfile, cells
 from cnnvit.study.disagreements import save_disagreement_images
 from cnnvit.study.executors import Executor, Tracker, open_executor
 from cnnvit.study.tuning import tune
-from cnnvit.train.trackers import require_trackers
+from cnnvit.train.trackers import prepare_trackers, require_trackers
 from cnnvit.ui import console
 
 __all__ = ["CellOutcome", "cell_status", "profile_models", "run_cell", "run_study"]
@@ -62,6 +62,7 @@ def _run_study(
     with open_executor(study.executor, folder.path) as executor:  # nor one that cannot run
         _claim_folder(study, folder)
         _write_study_json(folder, study, planned, command, finished=False)
+        prepare_trackers(study.recipe.output.loggers, folder.path, study.name)
 
         def trials(batch: Sequence[Cell]) -> list[str]:
             return [o.status for o in _run_cells(executor, batch, "trials", progress)]

@@ -285,14 +285,8 @@ class MlflowTracker:
     STATUS: ClassVar[dict[str, str]] = {"completed": "FINISHED", "diverged": "FAILED"}
 
     def __init__(self, where: Where, run_id: str | None) -> None:
-        from mlflow import MlflowClient
-
-        local = os.environ.get("MLFLOW_TRACKING_URI") is None
-        store = where.tracker_dir.resolve()
-        uri = f"sqlite:///{store / 'mlflow.db'}" if local else None
-        self.client = MlflowClient(tracking_uri=uri)
-        artifacts = (store / "mlartifacts").as_uri() if local else None
-        self.run_id = self._continued(run_id) or self._new(where, artifacts)
+        self.client, self.artifacts = _mlflow_store(where.tracker_dir)
+        self.run_id = self._continued(run_id) or self._new(where)
 
     def _continued(self, run_id: str | None) -> str | None:
         if run_id is None:
@@ -304,19 +298,8 @@ class MlflowTracker:
         self.client.update_run(run_id, status="RUNNING")
         return run_id
 
-    def _new(self, where: Where, artifacts: str | None) -> str:
-        name = where.group or "cnnvit"
-        experiment = self.client.get_experiment_by_name(name)
-        if experiment is not None:
-            experiment_id = experiment.experiment_id
-        else:
-            try:
-                experiment_id = self.client.create_experiment(name, artifact_location=artifacts)
-            except Exception:  # another cell created it first
-                found = self.client.get_experiment_by_name(name)
-                if found is None:
-                    raise
-                experiment_id = found.experiment_id
+    def _new(self, where: Where) -> str:
+        experiment_id = _mlflow_experiment(self.client, where.group or "cnnvit", self.artifacts)
         tags = {"run_dir": str(where.run_dir.resolve())}
         return self.client.create_run(experiment_id, run_name=where.name, tags=tags).info.run_id
 
@@ -348,6 +331,50 @@ class MlflowTracker:
 
     def close(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status=self.STATUS.get(status, "FAILED"))
+
+
+def _mlflow_store(tracker_dir: Path) -> tuple[Any, str | None]:
+    """The MLflow client of ``MLFLOW_TRACKING_URI``, else of the SQLite store in
+    ``tracker_dir`` (created at the first call), and where a new experiment keeps artifacts."""
+    from mlflow import MlflowClient
+
+    if os.environ.get("MLFLOW_TRACKING_URI") is not None:
+        return MlflowClient(), None  # the server's own artifact store
+    store = tracker_dir.resolve()
+    store.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
+    return client, (store / "mlartifacts").as_uri()
+
+
+def _mlflow_experiment(client: Any, name: str, artifacts: str | None) -> str:
+    """The id of experiment ``name``, created where missing."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifacts)
+    except Exception:  # another process created it first
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def prepare_trackers(names: Iterable[str], tracker_dir: Path, group: str) -> None:
+    """Before a study's cells start (maybe many at once, on Ray): create the MLflow store and
+    the study's experiment, which concurrent first writers would race to create (SQLite schema
+    migrations collide). A failure is warned about: the cells then try on their own."""
+    if "mlflow" not in names:
+        return
+    try:
+        client, artifacts = _mlflow_store(tracker_dir)
+        _mlflow_experiment(client, group, artifacts)
+    except Exception as err:
+        warnings.warn(
+            f"mlflow: could not prepare the study's store ({type(err).__name__}: {err})",
+            TrackerWarning,
+            stacklevel=2,
+        )
 
 
 class WandbTracker:
