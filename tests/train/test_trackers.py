@@ -252,9 +252,11 @@ def test_a_study_rerun_with_other_trackers_keeps_its_cells():
     assert _trained_part(with_trackers) == _trained_part(without)
 
 
-def test_a_resumed_run_continues_the_same_records(tmp_path, monkeypatch):
-    """A crash after epoch 2's row is logged but before its checkpoint: the resumed run re-runs
-    epoch 2, TensorBoard shows each step once, MLflow continues the same run."""
+@pytest.mark.parametrize("crash_at", [1, 2])
+def test_a_resumed_run_continues_the_same_records(tmp_path, monkeypatch, crash_at):
+    """A crash after epoch ``crash_at``'s row is logged but before its checkpoint: the resumed
+    run re-runs that epoch (epoch 1: from scratch), TensorBoard shows each step once, MLflow
+    continues the same run."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -262,7 +264,7 @@ def test_a_resumed_run_continues_the_same_records(tmp_path, monkeypatch):
 
     def crash_before_second_checkpoint(s, epoch):
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == crash_at:
             raise KeyboardInterrupt
         real_save(s, epoch)
 
@@ -274,7 +276,7 @@ def test_a_resumed_run_continues_the_same_records(tmp_path, monkeypatch):
     client = _mlflow_client(out)
     (first,) = client.search_runs([client.get_experiment_by_name("cnnvit").experiment_id])
     assert first.info.status == "FAILED"
-    assert len(client.get_metric_history(first.info.run_id, "train_loss")) == 2
+    assert len(client.get_metric_history(first.info.run_id, "train_loss")) == crash_at
 
     assert resume(out)["status"] == "completed"
     rows = _rows(out)
@@ -282,13 +284,13 @@ def test_a_resumed_run_continues_the_same_records(tmp_path, monkeypatch):
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
     logged = events.Scalars("train_loss")
-    assert [e.step for e in logged] == steps  # epoch 2's first row purged, its re-run kept
+    assert [e.step for e in logged] == steps  # the crashed epoch's first row purged
     assert logged[-1].value == pytest.approx(float(rows[-1]["train_loss"]), rel=1e-6)
     (run,) = client.search_runs([client.get_experiment_by_name("cnnvit").experiment_id])
     assert run.info.run_id == first.info.run_id and run.info.status == "FINISHED"
-    # MLflow keeps every value it was sent: epoch 2's step twice, the latest the re-run's.
+    # MLflow keeps every value it was sent: the re-run step twice, the latest the re-run's.
     history = client.get_metric_history(run.info.run_id, "train_loss")
-    assert sorted(m.step for m in history) == [steps[0], steps[1], steps[1]]
+    assert sorted(m.step for m in history) == sorted(steps[:crash_at] + steps[crash_at - 1 :])
     assert run.data.metrics["train_loss"] == pytest.approx(float(rows[-1]["train_loss"]))
 
 

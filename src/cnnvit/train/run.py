@@ -186,7 +186,8 @@ def _run_session(cfg: RunConfig, folder: RunFolder, world: World, *, resume: boo
     session = _open_session(cfg, folder, world, resume=resume)
     if not world.is_main:
         return _train_share(session)
-    last = int(session.history[-1]["step"]) if session.history else None
+    # A resumed run's trackers drop what was logged after its kept rows (0: all of it).
+    last = int(session.history[-1]["step"]) if session.history else 0
     session.trackers = open_trackers(cfg, folder.path, last_step=last if resume else None)
     try:
         return _train_and_evaluate(session)
