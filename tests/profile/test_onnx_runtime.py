@@ -156,3 +156,14 @@ def test_a_failed_export_keeps_the_eager_figures(monkeypatch) -> None:
     p = profile_model("resnet_mini", config, num_classes=10, progress=False)
     assert p.deployment is None and p.latency_ms.n == 2
     assert "deployment profile failed: RuntimeError: an op the exporter cannot take" in p.notes
+
+
+def test_a_study_profile_section_takes_the_runtimes() -> None:
+    from cnnvit.config import ConfigError, validate_config
+    from cnnvit.study.config import StudyProfile
+
+    profile = validate_config(StudyProfile, {"runtimes": ["torch", "onnxruntime"], "int8": False})
+    assert profile.runtimes == ["torch", "onnxruntime"] and profile.int8 is False
+    assert StudyProfile().runtimes == ["torch"]  # eager only unless asked
+    with pytest.raises(ConfigError, match="unknown runtime 'tflite'; known runtimes: torch"):
+        validate_config(StudyProfile, {"runtimes": ["tflite"]})
