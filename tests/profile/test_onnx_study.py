@@ -1,0 +1,53 @@
+"""A study with ``profile: {runtimes: [torch, onnxruntime]}``: each model's ``profile.json``
+holds the ONNX Runtime and int8 figures with its cell's test top-1 under both, and the report's
+cost section shows the columns (the numbers from those files)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cnnvit.cli import main
+
+pytest.importorskip("onnxruntime")
+
+SYNTH = "synthetic:train_size=256,val_size=100,image_size=16"
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ort-study")
+    spec = root / "study.yaml"
+    spec.write_text(
+        f"name: ort\ndata: {{spec: '{SYNTH}'}}\nmodels: [resnet_mini, vit_mini]\n"
+        "recipe:\n  train: {epochs: 1, batch_size: 64, threads: 1}\n"
+        "profile: {batch_size: 4, sizes: [], train: false, repeats: 3, warmup: 1,"
+        " runtimes: [torch, onnxruntime]}\n"
+        "analysis: []\n"
+    )
+    assert main(["compare", str(spec), "--out", str(root / "out"), "--no-progress"]) == 0
+    return root / "out"
+
+
+def test_profile_json_and_report_have_the_deployment_columns(study: Path) -> None:
+    html = (study / "report.html").read_text()
+    section = html[html.index('id="cost-profile"') :]
+    section = section[: section.index("</section>")]
+    assert "ONNX Runtime, batch 1" in section and "test top-1 change under int8" in section
+    table = pd.read_csv(study / "tables" / "cost_profile.csv")
+    for model in ("resnet_mini", "vit_mini"):
+        (run,) = (study / "runs").glob(f"{model}-*")
+        deployment = json.loads((run / "profile.json").read_text())["deployment"]
+        results = json.loads((run / "results.json").read_text())
+        assert deployment["test_images"] == 100
+        # the fp32 ONNX model is the cell's model: the cell's own test top-1, to one image
+        assert deployment["test_top1_fp32"] == pytest.approx(results["test_top1"], abs=0.01)
+        change = deployment["test_top1_int8"] - deployment["test_top1_fp32"]
+        assert f"{100 * change:+.2f} pt" in section
+        assert f"{deployment['int8']['latency_ms']['median']:.2f} ms" in section
+        row = table[table.model == model].iloc[0]
+        assert row.test_top1_change_int8 == pytest.approx(change)
+        assert row.onnx_int8_mb == pytest.approx(deployment["int8"]["file_mb"])
