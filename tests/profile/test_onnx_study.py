@@ -5,6 +5,7 @@ cost section shows the columns (the numbers from those files)."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -51,3 +52,16 @@ def test_profile_json_and_report_have_the_deployment_columns(study: Path) -> Non
         row = table[table.model == model].iloc[0]
         assert row.test_top1_change_int8 == pytest.approx(change)
         assert row.onnx_int8_mb == pytest.approx(deployment["int8"]["file_mb"])
+
+
+def test_a_missing_onnxruntime_refuses_the_study_before_any_cell(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import raises ImportError
+    spec = tmp_path / "study.yaml"
+    spec.write_text(
+        f"name: ort\ndata: {{spec: '{SYNTH}'}}\nmodels: [resnet_mini, vit_mini]\n"
+        "profile: {runtimes: [torch, onnxruntime]}\n"
+    )
+    assert main(["compare", str(spec), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'cnnvit[onnx]'" in err
+    assert not (tmp_path / "out" / "runs").exists()

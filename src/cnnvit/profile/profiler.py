@@ -59,6 +59,7 @@ __all__ = [
     "profile_model",
     "profile_run",
     "profile_sizes",
+    "require_runtimes",
 ]
 
 DEFAULT_SIZES = (32, 64, 128, 224, 384)
@@ -115,7 +116,7 @@ def profile_model(
     architecture = name or _architecture(model)
     if config.sizes and architecture is None:
         raise ValueError("the image-size sweep needs the model's architecture name: pass name=")
-    _require_runtimes(config)
+    require_runtimes(config)
     runtime = resolve_runtime(config)
     target = _Target(
         name=name,
@@ -154,7 +155,7 @@ def _with_deployment(found: ModelProfile, measure: Callable[[], Deployment]) -> 
     return replace(found, deployment=deployment)
 
 
-def _require_runtimes(config: ProfileConfig) -> None:
+def require_runtimes(config: ProfileConfig) -> None:
     """Refuse before measuring anything when an asked-for runtime is not installed."""
     if "onnxruntime" in config.runtimes:
         for module in ("onnx", "onnxscript", "onnxruntime"):
@@ -517,7 +518,7 @@ def profile_run(
     cfg = read_run_config(folder.config)
     info = folder.read_results() or {}
     config = config or ProfileConfig()
-    _require_runtimes(config)
+    require_runtimes(config)
     if config.image_size is None:
         config = config.model_copy(update={"image_size": int(info["image_size"])})
     eager = [r for r in config.runtimes if r != "onnxruntime"]  # ONNX below, on the test split

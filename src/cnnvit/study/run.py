@@ -21,7 +21,7 @@ from pathlib import Path
 from cnnvit.config import ProfileConfig
 from cnnvit.folders import RunFolder, RunFolderError, StudyFolder, write_text
 from cnnvit.locks import writing
-from cnnvit.profile.profiler import profile_run
+from cnnvit.profile.profiler import profile_run, require_runtimes
 from cnnvit.study.analysis import run_analyses
 from cnnvit.study.cell import CellOutcome, cell_status, run_cell
 from cnnvit.study.config import Cell, StudyConfig, StudyProfile, cells
@@ -46,6 +46,8 @@ def run_study(
     (the report), as the one process writing the folder (:mod:`cnnvit.locks`: a second
     ``compare`` on it is refused before it touches anything)."""
     require_trackers(study.recipe.output.loggers)  # a missing one is refused before any cell
+    if study.profile.enabled:
+        require_runtimes(study.profile)  # profile.runtimes: onnxruntime needs cnnvit[onnx]
     # Workers elsewhere find the run folders by their absolute path (on a shared filesystem).
     folder = StudyFolder(out_dir if study.executor.kind == "local" else out_dir.resolve())
     with writing(folder.path, folder.lock):
