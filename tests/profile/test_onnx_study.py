@@ -18,25 +18,37 @@ pytest.importorskip("onnxruntime")
 SYNTH = "synthetic:train_size=256,val_size=100,image_size=16"
 
 
+def _cost_section(out: Path) -> str:
+    html = (out / "report.html").read_text()
+    section = html[html.index('id="cost-profile"') :]
+    return section[: section.index("</section>")]
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> Path:
+    """Trained and profiled eager-only first (no ONNX columns), then the same study again with
+    ``runtimes: [torch, onnxruntime]``: the cells are kept, the profiles measured again."""
     root = tmp_path_factory.mktemp("ort-study")
-    spec = root / "study.yaml"
-    spec.write_text(
-        f"name: ort\ndata: {{spec: '{SYNTH}'}}\nmodels: [resnet_mini, vit_mini]\n"
-        "recipe:\n  train: {epochs: 1, batch_size: 64, threads: 1}\n"
-        "profile: {batch_size: 4, sizes: [], train: false, repeats: 3, warmup: 1,"
-        " runtimes: [torch, onnxruntime]}\n"
-        "analysis: []\n"
-    )
-    assert main(["compare", str(spec), "--out", str(root / "out"), "--no-progress"]) == 0
-    return root / "out"
+    spec, out = root / "study.yaml", root / "out"
+    profile = "{batch_size: 4, sizes: [], train: false, repeats: 3, warmup: 1%s}"
+    for extra in ("", ", runtimes: [torch, onnxruntime]"):
+        spec.write_text(
+            f"name: ort\ndata: {{spec: '{SYNTH}'}}\nmodels: [resnet_mini, vit_mini]\n"
+            "recipe:\n  train: {epochs: 1, batch_size: 64, threads: 1}\n"
+            f"profile: {profile % extra}\nanalysis: []\n"
+        )
+        assert main(["compare", str(spec), "--out", str(out), "--no-progress"]) == 0
+        if not extra:
+            section = _cost_section(out)
+            assert "resnet_mini" in section and "ONNX" not in section and "int8" not in section
+            assert "onnx_int8_mb" not in pd.read_csv(out / "tables" / "cost_profile.csv")
+            trained = {r: (r / "results.json").read_text() for r in (out / "runs").iterdir()}
+    assert {r: (r / "results.json").read_text() for r in trained} == trained  # not retrained
+    return out
 
 
 def test_profile_json_and_report_have_the_deployment_columns(study: Path) -> None:
-    html = (study / "report.html").read_text()
-    section = html[html.index('id="cost-profile"') :]
-    section = section[: section.index("</section>")]
+    section = _cost_section(study)
     assert "ONNX Runtime, batch 1" in section and "test top-1 change under int8" in section
     table = pd.read_csv(study / "tables" / "cost_profile.csv")
     for model in ("resnet_mini", "vit_mini"):

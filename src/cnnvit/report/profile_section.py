@@ -142,6 +142,7 @@ def _deployment_note(d: Deployment) -> str:
         "1, median (95th percentile) after warm-up; int8: dynamic quantisation "
         "(onnxruntime.quantization.quantize_dynamic, int8 weights, activations quantised at "
         "run time). Test top-1 change: the int8 model's top-1 minus the fp32 ONNX model's on "
-        "the cell's test split, in percentage points.",
+        "the test split of the model's first completed cell (the one profiled), in "
+        "percentage points.",
         "note",
     )

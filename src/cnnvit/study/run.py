@@ -91,14 +91,15 @@ def profile_models(study: StudyConfig, grid: list[Cell], *, progress: bool = Tru
     """Give every completed cell a ``profile.json``: its model's efficiency profile at the
     study's image size (:func:`cnnvit.profile.profile_run`), measured once per model on its
     first completed cell and copied to the others (same architecture, same size). A cell that
-    already has one keeps it, so a re-run does not measure again."""
+    already has one keeps it, so a re-run does not measure again, unless the settings now ask
+    for ONNX Runtime and it has no deployment figures."""
     settings = study.profile
     measured: dict[str, str] = {}  # model label -> profile.json text
     for cell in grid:
         run = RunFolder(cell.config.output.dir)
         if run.status() != "completed":
             continue
-        if run.profile.is_file():
+        if run.profile.is_file() and _has_runtimes(run.profile, settings):
             measured.setdefault(cell.model, run.profile.read_text())
             continue
         if cell.model not in measured:
@@ -114,6 +115,16 @@ def profile_models(study: StudyConfig, grid: list[Cell], *, progress: bool = Tru
             measured[cell.model] = json.dumps(profile.to_dict(), indent=2)
         if measured[cell.model]:
             write_text(run.profile, measured[cell.model])
+
+
+def _has_runtimes(path: Path, settings: StudyProfile) -> bool:
+    """Whether the profile.json at ``path`` holds what ``settings.runtimes`` ask for."""
+    if "onnxruntime" not in settings.runtimes:
+        return True
+    try:
+        return json.loads(path.read_text()).get("deployment") is not None
+    except (OSError, ValueError):
+        return False
 
 
 def _profile_config(settings: StudyProfile, cell: Cell) -> ProfileConfig:
