@@ -260,7 +260,7 @@ class ProfileConfig(RuntimeConfig):
     runtimes: list[str] = Field(
         default_factory=lambda: ["torch"],
         description="torch (eager, always measured); onnxruntime adds the model exported to "
-        "ONNX, timed in ONNX Runtime on the CPU in fp32 and dynamic int8 (needs cnnvit[onnx])",
+        "ONNX, timed in ONNX Runtime on the CPU in fp32 and dynamic int8",
     )
     int8: bool = Field(
         True, description="with onnxruntime: also dynamic int8 quantisation (latency, size, top-1)"

@@ -74,6 +74,8 @@ def test_default_studies_meet_the_brief():
         assert len(study.seeds) >= 3
         assert study.recipe.train.budget.kind == "steps"
         assert study.data.selection_size >= 1000
+    # The CPU study's cost section answers seed 002's deployment question (ONNX Runtime, int8).
+    assert cpu.profile.runtimes == ["torch", "onnxruntime"]
 
 
 def test_labels_become_safe_folder_names(tmp_path: Path):
