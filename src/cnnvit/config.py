@@ -410,6 +410,18 @@ def load_yaml_documents(path: Path) -> list[dict[str, Any]]:
     return documents
 
 
+def nested(values: Mapping[str, Any], separator: str = ".") -> dict[str, Any]:
+    """``{"train.epochs": 3}`` -> ``{"train": {"epochs": 3}}`` (keys split at ``separator``)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        *parents, last = key.split(separator)
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``section.key=value`` overrides; values are parsed as YAML (``3e-4``, ``[a, b]``)."""
     out = deep_merge({}, data)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from cnnvit.config import ConfigError
+from cnnvit.config import ConfigError, nested
 
 __all__ = ["SEPARATOR", "nested_values"]
 
@@ -23,11 +23,4 @@ def nested_values(overrides: Mapping[str, Any]) -> dict[str, Any]:
         inside = [k for k, p in keys.items() if len(p) > len(parts) and p[: len(parts)] == parts]
         if inside:
             raise ConfigError(f"{keyword} and {inside[0]} both set {inside[0]}; set it once")
-    out: dict[str, Any] = {}
-    for keyword, value in overrides.items():
-        *parents, last = keys[keyword]
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return out
+    return nested(overrides, SEPARATOR)

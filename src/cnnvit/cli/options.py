@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-__all__ = ["ConfigFlags", "add_config_flags", "field_at", "nested"]
+__all__ = ["ConfigFlags", "add_config_flags", "field_at"]
 
 
 @dataclass(frozen=True)
@@ -111,18 +111,6 @@ def field_at(model: type[BaseModel], key: str) -> FieldInfo:
     sub = info.annotation
     assert isinstance(sub, type) and issubclass(sub, BaseModel), key
     return field_at(sub, rest)
-
-
-def nested(values: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"train.epochs": 3}`` -> ``{"train": {"epochs": 3}}``."""
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        *parents, last = key.split(".")
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return out
 
 
 # --- one field -> argparse ------------------------------------------------------------------------

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from cnnvit.analyze.registry import get_analysis
-from cnnvit.cli.options import ConfigFlags, add_config_flags, nested
+from cnnvit.cli.options import ConfigFlags, add_config_flags
 from cnnvit.config import (
     ConfigError,
     InferenceConfig,
     ProfileConfig,
     RunConfig,
     load_run_config,
+    nested,
 )
 from cnnvit.ui import at_least_width, console
 
