@@ -392,3 +392,77 @@ def test_cells_log_at_once_to_the_prepared_study_store(tmp_path, monkeypatch):
     assert sorted(r.info.run_name for r in runs) == names
     for run in runs:
         assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 20
+
+
+def test_a_studys_figures_join_its_group_as_one_entry_that_a_rerun_updates(tmp_path, monkeypatch):
+    """After the report, DIR/figures/*.png reach every tracker as an entry named "study" in the
+    study's group; building the report again updates that entry instead of adding another."""
+    import numpy as np
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    for name, width in (("accuracy", 10), ("learning_curves", 14)):
+        Image.fromarray(np.zeros((6, width, 3), dtype=np.uint8)).save(figures / f"{name}.png")
+    names = ["tensorboard", "mlflow", "wandb"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TrackerWarning)
+        trackers_module.log_study_figures(names, tmp_path, "tiny")
+        trackers_module.log_study_figures(names, tmp_path, "tiny")  # the report built again
+    assert not [w for w in caught if issubclass(w.category, TrackerWarning)]
+
+    events = EventAccumulator(str(tmp_path / "tensorboard" / "study"), size_guidance={"images": 0})
+    events.Reload()
+    assert sorted(events.Tags()["images"]) == ["figures/accuracy", "figures/learning_curves"]
+    assert [(i.width, i.height) for i in events.Images("figures/learning_curves")] == [(14, 6)]
+
+    client = _mlflow_client(tmp_path)
+    experiment = client.get_experiment_by_name("tiny")
+    (run,) = client.search_runs([experiment.experiment_id])  # one entry after two builds
+    assert (run.info.run_name, run.info.status) == ("study", "FINISHED")
+    artifacts = sorted(a.path for a in client.list_artifacts(run.info.run_id, "figures"))
+    assert artifacts == ["figures/accuracy.png", "figures/learning_curves.png"]
+
+    # W&B offline writes a file per session; both sessions are the same run (one id).
+    paths = sorted((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    sessions = [list(_wandb_records(path)) for path in paths]
+    runs = [next(r.run for r in s if r.WhichOneof("record_type") == "run") for s in sessions]
+    assert len(runs) == 2 and runs[0].run_id == runs[1].run_id
+    assert {(r.run_group, r.display_name) for r in runs} == {("tiny", "study")}
+    for records in sessions:
+        history = [
+            _values(r.history.item) for r in records if r.WhichOneof("record_type") == "history"
+        ]
+        assert history and history[0]["figures/accuracy._type"] == "image-file"
+
+
+def test_no_figures_or_no_trackers_log_nothing(tmp_path):
+    trackers_module.log_study_figures(["tensorboard"], tmp_path, "tiny")  # no figures yet
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "accuracy.png").write_bytes(b"")
+    trackers_module.log_study_figures([], tmp_path, "tiny")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figures"]
+
+
+def test_compare_logs_the_reports_figures_after_building_it(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from cnnvit.study.run import run_study
+
+    def report(folder: Path) -> None:  # stands in for write_report: one figure
+        (folder / "figures").mkdir(exist_ok=True)
+        Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(folder / "figures" / "a.png")
+
+    out = tmp_path / "study"
+    study = _tiny_study(["tensorboard"])
+    run_study(study, out, command="test", progress=False, then=report)
+    events = EventAccumulator(str(out / "tensorboard" / "study"), size_guidance={"images": 0})
+    events.Reload()
+    assert events.Tags()["images"] == ["figures/a"]
+    cells_logged = sorted(p.name for p in (out / "tensorboard").iterdir())
+    assert cells_logged == sorted([c.id for c in cells(study, out)] + ["study"])

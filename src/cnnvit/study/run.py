@@ -28,7 +28,7 @@ from cnnvit.study.config import Cell, StudyConfig, StudyProfile, cells
 from cnnvit.study.disagreements import save_disagreement_images
 from cnnvit.study.executors import Executor, Tracker, open_executor
 from cnnvit.study.tuning import tune
-from cnnvit.train.trackers import prepare_trackers, require_trackers
+from cnnvit.train.trackers import log_study_figures, prepare_trackers, require_trackers
 from cnnvit.ui import console
 
 __all__ = ["CellOutcome", "cell_status", "profile_models", "run_cell", "run_study"]
@@ -54,6 +54,7 @@ def run_study(
         outcomes = _run_study(study, folder, command=command, progress=progress)
         if then is not None:
             then(folder.path)
+            log_study_figures(study.recipe.output.loggers, folder.path, study.name)
     return outcomes
 
 

@@ -4,7 +4,8 @@ A run logs, to each tracker it names, what its run folder holds: every row of ep
 (losses, accuracies, learning rate, throughput, memory; the step is the row's global training
 step), the resolved config as hyper-parameters (flattened: ``data.spec``, ``optim.lr``, ...),
 the final numbers of results.json (``final/test_top1``, ...) and the PNG figures in the run
-folder. Where they go:
+folder; a study adds its report's figures as an entry named "study" in its group
+(:func:`log_study_figures`). Where they go:
 
 - TensorBoard: ``<tracker_dir>/tensorboard/<run name>`` for a study's cell (one folder per cell
   under the study, so ``tensorboard --logdir DIR/tensorboard`` compares them), the run folder's
@@ -45,6 +46,8 @@ from cnnvit.folders import read_json, write_json
 MODULES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 # The run folder's record of the trackers' run ids, so that a resumed run continues them.
 IDS_FILE = "trackers.json"
+# The study's own entry in its trackers, next to its cells': its figures.
+STUDY_ENTRY = "study"
 # results.json's final numbers that reach the trackers (as ``final/<name>``).
 FINAL_METRICS = (
     "test_top1",
@@ -165,11 +168,13 @@ class Trackers:
     def finish(self, results: Mapping[str, Any], run_dir: Path, step: int) -> None:
         """The final numbers of ``results``, the run folder's figures, and close."""
         final = {f"final/{k}": float(results[k]) for k in FINAL_METRICS if _finite(results.get(k))}
-        figures = sorted(run_dir.glob("*.png"))
         self._each("final metrics", lambda t: t.log_final(final, step))
-        if figures:
-            self._each("figures", lambda t: t.log_figures(figures, step))
+        self.log_figures(sorted(run_dir.glob("*.png")), step)
         self.close(str(results.get("status", "completed")))
+
+    def log_figures(self, paths: list[Path], step: int) -> None:
+        if paths:
+            self._each("figures", lambda t: t.log_figures(paths, step))
 
     def close(self, status: str) -> None:
         self._each("close", lambda t: t.close(status))
@@ -203,29 +208,53 @@ def open_trackers(cfg: RunConfig, run_dir: Path, *, last_step: int | None) -> Tr
     of a resumed run, None for a new one), with the config logged. One that cannot start is
     warned about and left out."""
     where = Where.of(cfg, run_dir)
-    ids_path = run_dir / IDS_FILE
+    trackers = _started(cfg.output.loggers, where, last_step, cfg.model_dump(mode="json"))
+    trackers.log_params(flat_params(cfg))
+    return trackers
+
+
+def _started(
+    names: Iterable[str], where: Where, last_step: int | None, config: dict[str, Any]
+) -> Trackers:
+    """The trackers ``names``, each started for ``where`` (continuing the runs whose ids
+    ``where.run_dir`` keeps in trackers.json, and keeping the new ones' there); one that cannot
+    start is warned about and left out."""
+    ids_path = where.run_dir / IDS_FILE
     ids = read_json(ids_path) or {}
     openers: dict[str, Callable[[], Tracker]] = {
         "tensorboard": lambda: TensorBoardTracker(where, last_step),
         "mlflow": lambda: MlflowTracker(where, ids.get("mlflow")),
-        "wandb": lambda: WandbTracker(where, ids.get("wandb"), cfg.model_dump(mode="json")),
+        "wandb": lambda: WandbTracker(where, ids.get("wandb"), config),
     }
     started: list[Tracker] = []
-    for name in cfg.output.loggers:
+    for name in names:
         try:
             started.append(openers[name]())
         except Exception as err:
             warnings.warn(
                 f"{name} could not start ({type(err).__name__}: {err}); the run goes on without it",
                 TrackerWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
     kept = {t.name: t.run_id for t in started if getattr(t, "run_id", None)}
     if kept and kept != {k: ids.get(k) for k in kept}:
         write_json(ids_path, {**ids, **kept})
-    trackers = Trackers(started)
-    trackers.log_params(flat_params(cfg))
-    return trackers
+    return Trackers(started)
+
+
+def log_study_figures(names: Iterable[str], study_dir: Path, group: str) -> None:
+    """After a study's report: its figures (``DIR/figures/*.png``) as one more entry of the
+    study's group, named "study", next to its cells: ``DIR/tensorboard/study``, a run of the
+    study's MLflow experiment, a W&B run of its group. A re-run of the study updates the same
+    entry (its ids in ``DIR/trackers.json``; TensorBoard's earlier images purged). A tracker
+    that fails warns once; the study's own files are written already."""
+    figures = sorted((study_dir / "figures").glob("*.png"))
+    if not names or not figures:
+        return
+    where = Where(study_dir, STUDY_ENTRY, group, tracker_dir=study_dir, in_study=True)
+    trackers = _started(names, where, last_step=-1, config={"study": group})
+    trackers.log_figures(figures, step=0)
+    trackers.close("completed")
 
 
 # --- the backends --------------------------------------------------------------------------------
@@ -411,7 +440,8 @@ class WandbTracker:
 
     def log_figures(self, paths: list[Path], step: int) -> None:
         images = {f"figures/{p.stem}": self.wandb.Image(str(p)) for p in paths}
-        self.run.log(images, step=step)
+        # W&B drops a row below the run's current step: a continued study entry is past 0.
+        self.run.log(images, step=max(step, self.run.step))
 
     def close(self, status: str) -> None:
         self.run.finish(exit_code=0 if status == "completed" else 1)
